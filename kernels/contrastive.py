@@ -1,0 +1,374 @@
+"""Fused distribution-aware pixel contrastive loss, forward and gradient in one pass (design 4).
+
+With the statistics pre-scaled on the host, M_c = mu_c / tau and A_c = r / (2 tau^2) S_c
+(full: symmetrised, (S_c + S_c^T) / 2), the logit of pixel i for class c is
+
+    s_ic = z_i . M_c + quad_c(z_i),   quad_c(z) = sum_d A_cd z_d^2  or  z^T A_c z,
+
+and the per-pixel loss and its gradient are
+
+    l_i     = logsumexp_c s_ic - z_i . M_{y_i}
+    dl_i/dz = sum_c (p_ic - [c = y_i]) M_c + 2 sum_c p_ic A_c z_i,   p_i = softmax(s_i).
+
+A program owns BLOCK_N pixels and the whole padded class axis, so the logsumexp stays in
+registers (no cross-program merge, no atomics). It walks D in BLOCK_D chunks twice: once to
+build the BLOCK_N x BLOCK_C logits with tl.dot, once to write w_i * dl_i/dz_i into its own [N, D]
+float32 buffer. The backward only scales that buffer by grad_output. Nothing N x C x D exists:
+the full-covariance products A_c z are formed one class and one BLOCK_D column chunk at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._dispatch import (check_dim, check_feats, check_label_range, check_labels,
+                        check_same_device, check_stats, interpreting, poisoned_empty,
+                        resolve_backend)
+
+NO_COV, DIAG_COV, FULL_COV = 0, 1, 2
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@triton.jit
+def _cov_times_z(Z, stride_zn, stride_zd, offs_n, mask_n, A_c, offs_j, mask_j, D,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """[BLOCK_N, BLOCK_D] chunk (columns offs_j) of z @ A_c for one class's D x D matrix."""
+    u = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_D):
+        offs_k = k0 + tl.arange(0, BLOCK_D)
+        mask_k = offs_k < D
+        zk = tl.load(Z + offs_n[:, None] * stride_zn + offs_k[None, :] * stride_zd,
+                     mask=mask_n[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        a = tl.load(A_c + offs_k[:, None] * D + offs_j[None, :],
+                    mask=mask_k[:, None] & mask_j[None, :], other=0.0)
+        u = tl.dot(zk, a, u, input_precision=PRECISION)
+    return u
+
+
+@triton.jit
+def _dist_contrastive_kernel(
+    Z, stride_zn, stride_zd,   # feats [N, D], any strides, float32 / float16 / bfloat16
+    Y,                         # labels [N] int32 / int64
+    W,                         # per-pixel weights [N] float32 (HAS_WEIGHT)
+    M,                         # [C, D] float32: mean / tau
+    A,                         # [C, D] or [C, D, D] float32: r / (2 tau^2) covariance (COV_MODE)
+    LOSS,                      # [N] float32 out: w_i * l_i, 0 at ignored pixels
+    G,                         # [N, D] float32 out, contiguous: w_i * dl_i/dz_i (HAS_GRAD)
+    N, C, D,                   # pixels, classes, channels
+    ignore_index,              # label of pixels that contribute nothing
+    BLOCK_N: tl.constexpr,     # pixels per program
+    BLOCK_C: tl.constexpr,     # padded class axis (power of two >= max(C, 16))
+    BLOCK_D: tl.constexpr,     # channels per chunk
+    COV_MODE: tl.constexpr,    # 0: ProtoCL, 1: diagonal, 2: full covariance
+    HAS_WEIGHT: tl.constexpr,  # multiply loss and gradient by W
+    HAS_GRAD: tl.constexpr,    # write G (feats requires grad)
+    PRECISION: tl.constexpr,   # tl.dot input precision: "ieee" (exact fp32) or "tf32"
+):
+    """Per-pixel loss and gradient of the distribution-aware contrastive loss."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK_N
+    Z += start * stride_zn
+    Y += start
+    LOSS += start
+    G += start * D
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N - start
+    y = tl.load(Y + offs_n, mask=mask_n, other=ignore_index)
+    valid = mask_n & (y != ignore_index)
+    y = tl.where(valid, y, 0)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    is_y = offs_c[None, :] == y[:, None]
+
+    # Pass 1: logits, linear part and quadratic part kept apart so that l = lse(s) - lin_y
+    # cancels like the eager reference does.
+    lin = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    quad = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        z = tl.load(Z + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        stats_t = offs_c[None, :] * D + offs_d[:, None]
+        mask_t = mask_c[None, :] & mask_d[:, None]
+        lin = tl.dot(z, tl.load(M + stats_t, mask=mask_t, other=0.0), lin, input_precision=PRECISION)
+        if COV_MODE == 1:
+            quad = tl.dot(z * z, tl.load(A + stats_t, mask=mask_t, other=0.0), quad,
+                          input_precision=PRECISION)
+    if COV_MODE == 2:
+        for c in range(0, C):
+            q = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for j0 in range(0, D, BLOCK_D):
+                offs_j = j0 + tl.arange(0, BLOCK_D)
+                mask_j = offs_j < D
+                u = _cov_times_z(Z, stride_zn, stride_zd, offs_n, mask_n, A + c * D * D,
+                                 offs_j, mask_j, D, BLOCK_N, BLOCK_D, PRECISION)
+                zj = tl.load(Z + offs_n[:, None] * stride_zn + offs_j[None, :] * stride_zd,
+                             mask=mask_n[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
+                q += tl.sum(zj * u, axis=1)
+            quad += tl.where(offs_c[None, :] == c, q[:, None], 0.0)
+
+    logits = tl.where(mask_c[None, :], lin + quad, float("-inf"))
+    row_max = tl.max(logits, axis=1)
+    e = tl.exp(logits - row_max[:, None])
+    denom = tl.sum(e, axis=1)
+    lin_y = tl.sum(tl.where(is_y, lin, 0.0), axis=1)
+    loss = row_max + tl.log(denom) - lin_y
+    if HAS_WEIGHT:
+        wt = tl.load(W + start + offs_n, mask=valid, other=0.0).to(tl.float32)
+        loss = loss * wt
+    else:
+        wt = tl.full([BLOCK_N], 1.0, tl.float32)
+    tl.store(LOSS + offs_n, tl.where(valid, loss, 0.0), mask=mask_n)
+
+    if HAS_GRAD:
+        # Pass 2: gradient. where() rather than a multiply by 0, so a NaN at an ignored pixel
+        # stays out of its (zero) gradient row.
+        p = e / denom[:, None]
+        coef = tl.where(valid[:, None], (p - is_y.to(tl.float32)) * wt[:, None], 0.0)
+        pw = tl.where(valid[:, None], p * wt[:, None], 0.0)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < D
+            stats = offs_c[:, None] * D + offs_d[None, :]
+            mask_s = mask_c[:, None] & mask_d[None, :]
+            g = tl.dot(coef, tl.load(M + stats, mask=mask_s, other=0.0), input_precision=PRECISION)
+            if COV_MODE == 1:
+                z = tl.load(Z + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+                            mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+                g += 2.0 * z * tl.dot(pw, tl.load(A + stats, mask=mask_s, other=0.0),
+                                      input_precision=PRECISION)
+            if COV_MODE == 2:
+                for c in range(0, C):
+                    p_c = tl.sum(tl.where(offs_c[None, :] == c, pw, 0.0), axis=1)
+                    u = _cov_times_z(Z, stride_zn, stride_zd, offs_n, mask_n,
+                                     A + c * D * D, offs_d, mask_d, D, BLOCK_N, BLOCK_D, PRECISION)
+                    g += (2.0 * p_c)[:, None] * u
+            g = tl.where(valid[:, None], g, 0.0)
+            tl.store(G + offs_n[:, None] * D + offs_d[None, :], g,
+                     mask=mask_n[:, None] & mask_d[None, :])
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    block_n: int
+    block_c: int
+    block_d: int
+    num_warps: int
+    num_stages: int
+
+
+def loss_config(num_classes: int, dim: int, cov_mode: int, interpret: bool | None = None) -> LossConfig:
+    """One launch configuration per shape; the compile check reads the same one."""
+    interpret = interpreting() if interpret is None else interpret
+    block_c = max(16, triton.next_power_of_2(num_classes))
+    if interpret:
+        # The interpreter pays per program and per op: large tiles make it fast.
+        block_d = max(16, min(triton.next_power_of_2(dim), 128))
+        return LossConfig(block_n=1024, block_c=block_c,
+                          block_d=block_d, num_warps=4, num_stages=1)
+    # Two [BLOCK_N, BLOCK_C] float32 accumulators plus the probabilities must stay in registers:
+    # keep BLOCK_N * BLOCK_C at 2048 (64 pixels for C <= 32) and shrink the pixel tile for more
+    # classes. Full covariance adds a [BLOCK_N, BLOCK_D] product accumulator and pipelines badly
+    # (spills at num_stages > 1): one stage, 32-channel chunks.
+    block_n = max(16, min(64, 2048 // block_c))
+    if cov_mode == FULL_COV:
+        return LossConfig(block_n=block_n, block_c=block_c, block_d=32, num_warps=4, num_stages=1)
+    block_d = max(16, min(64, triton.next_power_of_2(dim)))
+    return LossConfig(block_n=block_n, block_c=block_c, block_d=block_d,
+                      num_warps=4 if block_c <= 64 else 8, num_stages=2)
+
+
+def _dot_precision(feats) -> str:
+    # Exact float32 products by default; TF32 only where the caller opted in the PyTorch way.
+    if feats.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def contrastive_forward_triton(feats, labels, m, a, weight, ignore_index, want_grad):
+    """Launch the fused kernel: per-pixel losses [N] and, if wanted, the gradient buffer [N, D]."""
+    n, dim = feats.shape
+    num_classes = m.shape[0]
+    cov_mode = NO_COV if a is None else (FULL_COV if a.dim() == 3 else DIAG_COV)
+    cfg = loss_config(num_classes, dim, cov_mode)
+    per_pixel = poisoned_empty(n, device=feats.device)
+    grad = poisoned_empty(n, dim, device=feats.device) if want_grad else None
+    _dist_contrastive_kernel[(triton.cdiv(n, cfg.block_n),)](
+        feats, feats.stride(0), feats.stride(1), labels,
+        weight if weight is not None else per_pixel, m, a if a is not None else m,
+        per_pixel, grad if grad is not None else per_pixel,
+        n, num_classes, dim, ignore_index,
+        BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, BLOCK_D=cfg.block_d, COV_MODE=cov_mode,
+        HAS_WEIGHT=weight is not None, HAS_GRAD=want_grad, PRECISION=_dot_precision(feats),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return per_pixel, grad
+
+
+def _torch_chunk_rows(num_classes: int, dim: int, full: bool) -> int:
+    # Full covariance forms z @ A_c for all classes of a chunk at once: chunk x C x D floats.
+    # Keep each temporary near 4M elements (16 MB in float32).
+    per_row = num_classes * dim if full else dim
+    return max(64, (1 << 22) // per_row)
+
+
+def contrastive_forward_torch(feats, labels, m, a, weight, ignore_index, want_grad):
+    """The same math in chunks of pixels: extra memory O(chunk x C x D), never N x C x D."""
+    n, dim = feats.shape
+    num_classes = m.shape[0]
+    acc = m.dtype
+    full = a is not None and a.dim() == 3
+    per_pixel = torch.zeros(n, dtype=acc, device=feats.device)
+    grad = torch.empty(n, dim, dtype=acc, device=feats.device) if want_grad else None
+    # a_cols[d, c * D + e] = A[c, d, e]: one matmul gives z @ A_c for every class.
+    a_cols = a.permute(1, 0, 2).reshape(dim, num_classes * dim) if full else None
+    step = _torch_chunk_rows(num_classes, dim, full)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        z = feats[start:stop].to(acc)
+        y = labels[start:stop]
+        valid = y != ignore_index
+        y0 = torch.where(valid, y, 0).long()
+        lin = z @ m.T
+        if a is None:
+            logits = lin
+        elif full:
+            u = (z @ a_cols).view(-1, num_classes, dim)
+            logits = lin + torch.bmm(u, z.unsqueeze(2)).squeeze(2)
+        else:
+            logits = torch.addmm(lin, z * z, a.T)
+        lse = torch.logsumexp(logits, dim=1)
+        loss = lse - lin.gather(1, y0[:, None]).squeeze(1)
+        wt = valid.to(acc) if weight is None else torch.where(valid, weight[start:stop].to(acc), 0.0)
+        per_pixel[start:stop] = torch.where(valid, loss * wt, 0.0)
+        if want_grad:
+            pw = torch.exp(logits - lse[:, None])
+            coef = pw.clone()
+            coef.scatter_add_(1, y0[:, None], torch.full_like(lse[:, None], -1.0))
+            coef = torch.where(valid[:, None], coef * wt[:, None], 0.0)
+            pw = torch.where(valid[:, None], pw * wt[:, None], 0.0)
+            g = coef @ m
+            if a is not None:
+                cov_term = torch.bmm(pw.unsqueeze(1), u).squeeze(1) if full else z * (pw @ a)
+                g.add_(cov_term, alpha=2.0)
+            grad[start:stop] = torch.where(valid[:, None], g, 0.0)
+    return per_pixel, grad
+
+
+@dataclass(frozen=True)
+class _LossParams:
+    """Non-tensor options of one call, kept on the autograd context."""
+    ignore_index: int
+    reduction: str
+    forward: callable
+
+
+def _reduce(per_pixel, n_valid, reduction):
+    if reduction == "none":
+        return per_pixel
+    total = per_pixel.sum()
+    return total / n_valid.clamp(min=1) if reduction == "mean" else total
+
+
+class _DistContrastiveFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, feats, labels, m, a, weight, params):
+        per_pixel, grad = params.forward(feats, labels, m, a, weight, params.ignore_index, True)
+        n_valid = (labels != params.ignore_index).sum()
+        ctx.save_for_backward(feats, labels, m, a, weight, n_valid)
+        ctx.params = params
+        ctx.grad = grad
+        return _reduce(per_pixel, n_valid, params.reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            raise RuntimeError("dist_contrastive_loss has a first-order gradient only: double "
+                               "backward (create_graph=True) is not supported")
+        feats, labels, m, a, weight, n_valid = ctx.saved_tensors
+        params = ctx.params
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            # A second backward through a retained graph: the stored gradient was handed out by
+            # the first one, so compute it again from the saved inputs.
+            _, grad = params.forward(feats, labels, m, a, weight, params.ignore_index, True)
+        if params.reduction == "none":
+            grad.mul_(grad_output.to(grad.dtype)[:, None])
+        elif params.reduction == "mean":
+            grad.mul_((grad_output / n_valid.clamp(min=1)).to(grad.dtype))
+        else:
+            grad.mul_(grad_output.to(grad.dtype))
+        return grad.to(feats.dtype), None, None, None, None, None
+
+
+def _scaled_statistics(mean, cov, ratio, temperature, acc):
+    """M = mean / tau; A = r / (2 tau^2) cov, symmetrised when full; None when it cannot matter."""
+    m = (mean.to(acc) / temperature).contiguous()
+    if cov is None or ratio == 0:
+        return m, None
+    a = cov.to(acc)
+    if a.dim() == 3:
+        a = 0.5 * (a + a.transpose(1, 2))
+    return m, (a * (ratio / (2.0 * temperature * temperature))).contiguous()
+
+
+def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperature=100.0,
+                          ignore_index=255, weight=None, reduction="mean"):
+    """Distribution-aware pixel contrastive loss (SePiCo DistCL; ProtoCL when ``cov`` is None).
+
+    Args:
+        feats: [N, D] float32, float16 or bfloat16 embeddings (float64 on the torch backend).
+        labels: [N] int64 or int32 in [0, C) or ``ignore_index``.
+        mean: [C, D] class means. cov: [C, D] diagonal or [C, D, D] full covariances, or None.
+            Statistics are constants: passing ones that require grad is an error.
+        ratio: covariance scale r. temperature: tau, a divisor of the logits.
+        weight: optional [N] per-pixel weights multiplying each pixel's loss.
+        reduction: ``"mean"`` over valid (non-ignored) pixels, 0 when there are none; ``"sum"``;
+            ``"none"`` for [N] per-pixel losses, 0 at ignored pixels.
+
+    Returns:
+        The loss, float32 (float64 for float64 feats). Gradients flow to ``feats`` only; the
+        kernel computes them in the forward. NaN or Inf in the features of a valid pixel gives a
+        NaN or Inf loss (not an error); ignored pixels are never read into the result.
+    """
+    check_feats(feats)
+    check_labels(labels, feats.shape[0])
+    check_stats(mean, cov, None, feats.shape[1])
+    num_classes, dim = mean.shape
+    if num_classes > 256:
+        raise ValueError(f"mean has {num_classes} classes; at most 256 are supported")
+    check_dim(dim, cov is not None and cov.dim() == 3)
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            raise TypeError("weight must be a floating-point torch.Tensor of shape [N] or None")
+        if weight.shape != (feats.shape[0],):
+            raise ValueError(f"weight must have shape [N] = [{feats.shape[0]}], got {tuple(weight.shape)}")
+        if weight.requires_grad:
+            raise ValueError("weight must not require grad: gradients flow to feats only")
+    for name, t in (("mean", mean), ("cov", cov)):
+        if t is not None and t.requires_grad:
+            raise ValueError(f"{name} must not require grad: the class statistics are constants "
+                             f"(detach them); gradients flow to feats only")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature < float("inf")):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    if not (isinstance(ratio, (int, float)) and abs(ratio) < float("inf")):
+        raise ValueError(f"ratio must be a finite number, got {ratio!r}")
+    check_same_device(feats=feats, labels=labels, mean=mean, cov=cov, weight=weight)
+    check_label_range(labels, num_classes, ignore_index)
+
+    on_triton = resolve_backend(feats, mean, cov) == "triton"
+    acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
+    m, a = _scaled_statistics(mean.detach(), None if cov is None else cov.detach(), ratio,
+                              temperature, acc)
+    labels = labels.contiguous()
+    weight = None if weight is None else weight.to(acc).contiguous()
+    params = _LossParams(ignore_index=ignore_index, reduction=reduction,
+                         forward=contrastive_forward_triton if on_triton else contrastive_forward_torch)
+    if torch.is_grad_enabled() and feats.requires_grad:
+        return _DistContrastiveFunction.apply(feats, labels, m, a, weight, params)
+    per_pixel, _ = params.forward(feats, labels, m, a, weight, ignore_index, False)
+    return _reduce(per_pixel, (labels != ignore_index).sum(), reduction)

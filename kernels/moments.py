@@ -1,0 +1,214 @@
+"""Per-class counts, sums and second moments of a batch of pixel embeddings (design section 2).
+
+    n_c = #{i : y_i = c},   s_c = sum_{y_i = c} z_i,
+    q_c = sum_{y_i = c} z_i * z_i   (diagonal)   or   Q_c = sum_{y_i = c} z_i z_i^T   (full).
+
+Pixels are first grouped by class with one stable sort of the labels (`sort_by_class`), so each
+class owns a contiguous run of pixel indices. A program then reduces one class, one slice of its
+run (every SPLIT-th block of rows) and one tile of channels into float32 registers and writes a
+partial; the SPLIT partials are added afterwards in a fixed order. No atomics anywhere: the bits
+depend only on the input and the launch configuration, never on scheduling.
+
+The same kernel, given a per-class SHIFT, accumulates (z_i - shift_c) instead of z_i: the class
+distribution update uses it for its second, centred pass (exact covariances, no cancellation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._dispatch import (check_dim, check_feats, check_label_range, check_labels,
+                        check_num_classes, check_same_device, interpreting, poisoned_empty,
+                        resolve_backend, sort_by_class)
+
+NO_SECOND, DIAG, FULL = 0, 1, 2
+
+
+@triton.jit
+def _class_moment_partials_kernel(
+    Z, stride_zn, stride_zd,   # feats [N, D], any strides, float32 / float16 / bfloat16
+    ORDER,                     # [N] int64: pixel indices grouped by class (ignored ones last)
+    BOUNDS,                    # [C + 1] int64: class c owns ORDER[BOUNDS[c] : BOUNDS[c + 1]]
+    SHIFT,                     # [C, D] float32: subtracted from every pixel of its class (HAS_SHIFT)
+    TOTAL,                     # [SPLIT, C, D] float32 out: partial sums (WITH_TOTAL)
+    SECOND,                    # [SPLIT, C, D] (DIAG) or [SPLIT, C, D, D] (FULL) float32 out
+    C, D,                      # number of classes, channels
+    SPLIT: tl.constexpr,       # programs per class; program s takes row blocks s, s + SPLIT, ...
+    BLOCK_N: tl.constexpr,     # rows per step
+    BLOCK_D: tl.constexpr,     # channels per tile (FULL: a BLOCK_D x BLOCK_D tile of Q_c)
+    HAS_SHIFT: tl.constexpr,   # accumulate z - SHIFT[c] instead of z
+    WITH_TOTAL: tl.constexpr,  # write the first moment
+    SECOND_MODE: tl.constexpr,  # 0: none, 1: diagonal, 2: full outer products
+):
+    """Partial per-class moments: TOTAL[s, c] = sum z, SECOND[s, c] = sum z*z or sum z z^T."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    num_d = tl.cdiv(D, BLOCK_D)
+    if SECOND_MODE == 2:
+        di = pid_d // num_d
+        dj = pid_d % num_d
+    else:
+        di = pid_d
+        dj = 0
+    lo = tl.load(BOUNDS + c)
+    hi = tl.load(BOUNDS + c + 1)
+    offs_i = di * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_j = dj * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_i = offs_i < D
+    mask_j = offs_j < D
+    if HAS_SHIFT:
+        shift_i = tl.load(SHIFT + c * D + offs_i, mask=mask_i, other=0.0)
+        shift_j = tl.load(SHIFT + c * D + offs_j, mask=mask_j, other=0.0)
+    acc_total = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_diag = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_full = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    for start in range(lo + s * BLOCK_N, hi, SPLIT * BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < hi
+        rows = tl.load(ORDER + offs_n, mask=mask_n, other=0)
+        tile_i = mask_n[:, None] & mask_i[None, :]
+        zi = tl.load(Z + rows[:, None] * stride_zn + offs_i[None, :] * stride_zd,
+                     mask=tile_i, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            zi = tl.where(tile_i, zi - shift_i[None, :], 0.0)
+        if WITH_TOTAL:
+            acc_total += tl.sum(zi, axis=0)
+        if SECOND_MODE == 1:
+            acc_diag += tl.sum(zi * zi, axis=0)
+        if SECOND_MODE == 2:
+            tile_j = mask_n[:, None] & mask_j[None, :]
+            zj = tl.load(Z + rows[:, None] * stride_zn + offs_j[None, :] * stride_zd,
+                         mask=tile_j, other=0.0).to(tl.float32)
+            if HAS_SHIFT:
+                zj = tl.where(tile_j, zj - shift_j[None, :], 0.0)
+            acc_full = tl.dot(tl.trans(zi), zj, acc_full, input_precision="ieee")
+    slot = (s * C + c).to(tl.int64)
+    if WITH_TOTAL:
+        if dj == 0:  # with FULL, the first column tile writes the sums
+            tl.store(TOTAL + slot * D + offs_i, acc_total, mask=mask_i)
+    if SECOND_MODE == 1:
+        tl.store(SECOND + slot * D + offs_i, acc_diag, mask=mask_i)
+    if SECOND_MODE == 2:
+        tl.store(SECOND + slot * D * D + offs_i[:, None] * D + offs_j[None, :], acc_full,
+                 mask=mask_i[:, None] & mask_j[None, :])
+
+
+@dataclass(frozen=True)
+class MomentConfig:
+    block_n: int
+    block_d: int
+    split: int
+    num_warps: int
+    num_stages: int
+
+
+def moment_config(n: int, num_classes: int, dim: int, second_mode: int,
+                  interpret: bool | None = None) -> MomentConfig:
+    """One launch configuration per shape (no autotuning: the bits must not depend on timing)."""
+    interpret = interpreting() if interpret is None else interpret
+    full = second_mode == FULL
+    # tl.dot needs tiles of at least 16; a FULL program holds a BLOCK_D x BLOCK_D accumulator.
+    block_d = max(16, min(triton.next_power_of_2(dim), 64 if full else 128))
+    if interpret:
+        # The interpreter pays per program and per op, not per element: few, large programs.
+        # SPLIT = 2 still exercises the partial-sum path.
+        return MomentConfig(block_n=1024, block_d=max(16, min(triton.next_power_of_2(dim), 256)),
+                            split=2, num_warps=4, num_stages=1)
+    # About 4096 rows per program for an average class; capped so the partial buffer stays small
+    # (FULL: SPLIT x C x D x D floats).
+    split = max(1, min(8 if full else 32, n // max(1, num_classes * 4096)))
+    return MomentConfig(block_n=32 if full else 64, block_d=block_d, split=split, num_warps=4,
+                        num_stages=1 if full else 2)
+
+
+def moment_partials_triton(feats, order, bounds, num_classes, *, shift=None, with_total=True,
+                           second_mode=DIAG):
+    """Launch the kernel and add the SPLIT partials in a fixed order. Returns (total, second)."""
+    n, dim = feats.shape
+    cfg = moment_config(n, num_classes, dim, second_mode)
+    device = feats.device
+    total = poisoned_empty(cfg.split, num_classes, dim, device=device) if with_total else None
+    second_shape = {NO_SECOND: None, DIAG: (cfg.split, num_classes, dim),
+                    FULL: (cfg.split, num_classes, dim, dim)}[second_mode]
+    second = poisoned_empty(*second_shape, device=device) if second_shape else None
+    num_d = triton.cdiv(dim, cfg.block_d)
+    grid = (num_classes, cfg.split, num_d * num_d if second_mode == FULL else num_d)
+    dummy = bounds  # stands in for absent optional pointers; never dereferenced
+    _class_moment_partials_kernel[grid](
+        feats, feats.stride(0), feats.stride(1), order, bounds,
+        shift if shift is not None else dummy,
+        total if total is not None else dummy,
+        second if second is not None else dummy,
+        num_classes, dim,
+        SPLIT=cfg.split, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+        HAS_SHIFT=shift is not None, WITH_TOTAL=with_total, SECOND_MODE=second_mode,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return (total.sum(0) if total is not None else None,
+            second.sum(0) if second is not None else None)
+
+
+def _torch_chunk_rows(dim: int) -> int:
+    # About 16 MB of float32 rows per step: the CPU path's extra memory is O(chunk x D).
+    return max(256, (1 << 22) // dim)
+
+
+def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with_total=True,
+                          second_mode=DIAG):
+    """The same reduction in PyTorch: class by class over the grouped pixel order, in chunks."""
+    dim = feats.shape[1]
+    acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
+    total = torch.zeros(num_classes, dim, dtype=acc, device=feats.device) if with_total else None
+    second = {NO_SECOND: None,
+              DIAG: lambda: torch.zeros(num_classes, dim, dtype=acc, device=feats.device),
+              FULL: lambda: torch.zeros(num_classes, dim, dim, dtype=acc, device=feats.device),
+              }[second_mode]
+    second = second() if second is not None else None
+    step = _torch_chunk_rows(dim)
+    edges = bounds.tolist()
+    for c in range(num_classes):
+        for start in range(edges[c], edges[c + 1], step):
+            z = feats[order[start:min(start + step, edges[c + 1])]].to(acc)
+            if shift is not None:
+                z -= shift[c]
+            if with_total:
+                total[c] += z.sum(0)
+            if second_mode == DIAG:
+                second[c] += (z * z).sum(0)
+            elif second_mode == FULL:
+                second[c].addmm_(z.T, z)
+    return total, second
+
+
+def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="diag"):
+    """Per-class pixel counts, sums and second moments of a batch.
+
+    Args:
+        feats: [N, D] float32, float16 or bfloat16 embeddings (float64 on the torch backend).
+        labels: [N] int64 or int32 class ids in [0, num_classes) or ``ignore_index``.
+        num_classes: C, from 1 to 256.
+        covariance: ``"diag"`` for sums of squares [C, D], ``"full"`` for sums of outer products
+            [C, D, D].
+
+    Returns:
+        ``(count, total, second)``: count [C] float32, total [C, D], second [C, D] or [C, D, D],
+        accumulated in float32 (float64 for float64 feats). Ignored pixels contribute nothing;
+        absent classes give zeros. Bit-for-bit reproducible on the same device (no atomics).
+    """
+    if covariance not in ("diag", "full"):
+        raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+    check_feats(feats)
+    check_num_classes(num_classes)
+    check_labels(labels, feats.shape[0])
+    full = covariance == "full"
+    check_dim(feats.shape[1], full)
+    check_same_device(feats=feats, labels=labels)
+    check_label_range(labels, num_classes, ignore_index)
+    order, bounds = sort_by_class(labels, num_classes, ignore_index)
+    count = (bounds[1:] - bounds[:-1]).to(torch.float32)
+    impl = moment_partials_triton if resolve_backend(feats) == "triton" else moment_partials_torch
+    total, second = impl(feats, order, bounds, num_classes, second_mode=FULL if full else DIAG)
+    return count, total, second

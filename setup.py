@@ -1,0 +1,17 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sepico",
+    version="0.1.0",
+    description="SePiCo (semantic-guided pixel contrast) for domain-adaptive semantic segmentation, "
+                "with fused Triton kernels for class statistics and the contrastive loss",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["kernels", "kernels.*", "sepico", "sepico.*"]),
+    install_requires=["torch>=2.4", "triton>=3.2", "numpy"],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "gpu": ["nvidia-ml-py"],
+    },
+)
