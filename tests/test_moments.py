@@ -1,0 +1,123 @@
+"""Per-class moments and the class-distribution update against the float64 references."""
+from itertools import product
+
+import pytest
+import torch
+
+import kernels
+from sepico.reference import class_moments_reference, update_class_distribution_reference
+from tests.parity import assert_parity, make_feats, make_labels, make_stats, rel_error
+
+SIZES = list(product((0, 1, 37, 1000, 4099), (3, 64, 130, 256), (1, 19, 40)))
+BACKENDS = ("torch", "triton")
+KINDS = ("diag", "full")
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _cases():
+    cases = []
+    for i, (n, d, c) in enumerate(SIZES):
+        for backend in BACKENDS:
+            kind = KINDS[(i + i // 3) % 2]
+            dtype = DTYPES[(i // 2) % 2]
+            ignore = (0.0, 0.2, 1.0, 0.2, 0.5)[i % 5]
+            cases.append(pytest.param(backend, n, d, c, kind, dtype, ignore,
+                                      id=f"{backend}-N{n}-D{d}-C{c}-{kind}-{str(dtype)[6:]}-ign{ignore}"))
+    return cases
+
+
+def _inputs(n, d, c, dtype, ignore, seed=0):
+    gen = torch.Generator().manual_seed(seed + 7919 * n + 31 * d + c)
+    feats = make_feats(n, d, gen, dtype) + 0.3  # an offset makes E[z^2] - m^2 cancel badly
+    labels = make_labels(n, c, gen, ignore_frac=ignore, absent=(1,) if c > 2 else ())
+    return gen, feats, labels
+
+
+@pytest.mark.parametrize("backend,n,d,c,kind,dtype,ignore", _cases())
+def test_class_moments_match_reference(backend, n, d, c, kind, dtype, ignore):
+    _, feats, labels = _inputs(n, d, c, dtype, ignore)
+    with kernels.backend(backend):
+        count, total, second = kernels.class_moments(feats, labels, c, covariance=kind)
+    ref = class_moments_reference(feats.double(), labels, c, covariance=kind)
+    eager = class_moments_reference(feats, labels, c, covariance=kind)
+    assert count.dtype == total.dtype == second.dtype == torch.float32
+    assert torch.equal(count, ref[0].float())
+    assert_parity(total, ref[1], torch.float32, eager=eager[1].float(), what="total")
+    assert_parity(second, ref[2], torch.float32, eager=eager[2].float(), what="second")
+
+
+@pytest.mark.parametrize("backend,n,d,c,kind,dtype,ignore", _cases())
+def test_update_matches_reference(backend, n, d, c, kind, dtype, ignore):
+    gen, feats, labels = _inputs(n, d, c, dtype, ignore, seed=1)
+    mean, cov = make_stats(c, d, gen, full=kind == "full")
+    count = torch.randint(0, 500, (c,), generator=gen).float()
+    count[0] = 0  # a class never seen before: its statistics are taken from the batch
+    mean[0] = 0
+    cov[0] = 0
+    with kernels.backend(backend):
+        out = kernels.update_class_distribution(count, mean, cov, feats, labels)
+    ref = update_class_distribution_reference(count.double(), mean.double(), cov.double(),
+                                              feats.double(), labels)
+    assert torch.equal(out[0], ref[0].float())
+    assert_parity(out[1], ref[1], torch.float32, what="mean")
+    # The covariance is a small difference of moments: compare against the two-pass truth.
+    assert_parity(out[2], ref[2], torch.float32, what="cov")
+    present = torch.isin(torch.arange(c), labels[labels != 255])
+    absent = ~present
+    assert torch.equal(out[1][absent], mean[absent]) and torch.equal(out[2][absent], cov[absent])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_moments_and_update_are_bit_reproducible(backend, kind):
+    gen, feats, labels = _inputs(3001, 72, 19, torch.float32, 0.2, seed=2)
+    mean, cov = make_stats(19, 72, gen, full=kind == "full")
+    count = torch.rand(19, generator=gen) * 100
+    with kernels.backend(backend):
+        runs = [(kernels.class_moments(feats, labels, 19, covariance=kind),
+                 kernels.update_class_distribution(count, mean, cov, feats, labels)) for _ in range(2)]
+    for a, b in zip(sum(map(list, runs[0]), []), sum(map(list, runs[1]), [])):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_sequential_updates_follow_reference(backend, kind):
+    """Three batches in a row (fresh statistics, as the estimator starts) stay on the reference."""
+    gen = torch.Generator().manual_seed(21)
+    c, d = 19, 40
+    stats = (torch.zeros(c), torch.zeros(c, d), torch.zeros(c, d, d) if kind == "full" else torch.zeros(c, d))
+    ref = tuple(t.double() for t in stats)
+    for step in range(3):
+        feats = make_feats(700, d, gen) + 0.1 * step
+        labels = make_labels(700, c, gen, absent=(step, 5))
+        with kernels.backend(backend):
+            stats = kernels.update_class_distribution(*stats, feats, labels)
+        ref = update_class_distribution_reference(*ref, feats.double(), labels)
+        for ours, truth in zip(stats, ref):
+            assert_parity(ours, truth, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_update_with_int32_labels_and_custom_ignore(backend):
+    gen, feats, labels = _inputs(400, 20, 7, torch.float32, 0.2, seed=3)
+    labels = torch.where(labels == 255, torch.full_like(labels, -1), labels).to(torch.int32)
+    mean, cov = make_stats(7, 20, gen)
+    count = torch.rand(7, generator=gen) * 10
+    with kernels.backend(backend):
+        out = kernels.update_class_distribution(count, mean, cov, feats, labels, ignore_index=-1)
+    ref = update_class_distribution_reference(count.double(), mean.double(), cov.double(),
+                                              feats.double(), labels.long(), ignore_index=-1)
+    for ours, truth in zip(out, ref):
+        assert rel_error(ours, truth) < 1e-5
+
+
+def test_update_float64_on_torch_path():
+    gen, feats, labels = _inputs(300, 12, 5, torch.float64, 0.2, seed=4)
+    mean, cov = make_stats(5, 12, gen, full=True)
+    count = torch.rand(5, generator=gen, dtype=torch.float64) * 10
+    out = kernels.update_class_distribution(count, mean.double(), cov.double(), feats, labels)
+    ref = update_class_distribution_reference(count, mean.double(), cov.double(), feats, labels)
+    assert all(o.dtype == torch.float64 for o in out)
+    for ours, truth in zip(out, ref):
+        assert rel_error(ours, truth) < 1e-12

@@ -1,0 +1,141 @@
+"""Bad input gets a clear error naming the argument; backend selection behaves as documented."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kernels
+from kernels._dispatch import requested_backend, resolve_backend
+
+N, D, C = 10, 6, 4
+
+
+def _good():
+    gen = torch.Generator().manual_seed(0)
+    return dict(feats=torch.randn(N, D, generator=gen), labels=torch.randint(0, C, (N,), generator=gen),
+                mean=torch.randn(C, D, generator=gen), cov=torch.rand(C, D, generator=gen))
+
+
+def _loss(**over):
+    a = {**_good(), **over}
+    return kernels.dist_contrastive_loss(a["feats"], a["labels"], a["mean"], a["cov"],
+                                         **{k: v for k, v in over.items()
+                                            if k not in ("feats", "labels", "mean", "cov")})
+
+
+def _moments(**over):
+    a = {**_good(), **over}
+    return kernels.class_moments(a["feats"], a["labels"], over.get("num_classes", C))
+
+
+def _update(**over):
+    a = {**_good(), **over}
+    return kernels.update_class_distribution(over.get("count", torch.zeros(C)), a["mean"], a["cov"],
+                                             a["feats"], a["labels"])
+
+
+OPS = {"loss": _loss, "moments": _moments, "update": _update}
+BAD = [
+    ("labels N mismatch", dict(labels=torch.zeros(N + 1, dtype=torch.int64)), ValueError, "labels must have shape"),
+    ("label >= C", dict(labels=torch.full((N,), C)), ValueError, f"found {C}"),
+    ("negative label", dict(labels=torch.full((N,), -3)), ValueError, "found -3"),
+    ("float labels", dict(labels=torch.zeros(N)), TypeError, "labels must be int64 or int32"),
+    ("int feats", dict(feats=torch.zeros(N, D, dtype=torch.int64)), TypeError, "feats must be float"),
+    ("1-D feats", dict(feats=torch.zeros(N)), ValueError, r"feats must have shape \[N, D\]"),
+    ("feats not a tensor", dict(feats=[[0.0] * D] * N), TypeError, "feats must be a torch.Tensor"),
+    ("labels on another device", dict(labels=torch.zeros(N, dtype=torch.int64, device="meta")), ValueError,
+     "labels is on meta"),
+]
+BAD_STATS = [
+    ("mean shape", dict(mean=torch.zeros(C, D + 1)), ValueError, "mean must have shape"),
+    ("cov shape", dict(cov=torch.zeros(C, D + 1)), ValueError, "cov must have shape"),
+    ("cov classes", dict(cov=torch.zeros(C + 1, D, D)), ValueError, "cov must have shape"),
+    ("mean on another device", dict(mean=torch.zeros(C, D, device="meta")), ValueError, "mean is on meta"),
+]
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("case,over,exc,msg", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs(op, case, over, exc, msg):
+    with pytest.raises(exc, match=msg):
+        OPS[op](**over)
+
+
+@pytest.mark.parametrize("op", ("loss", "update"))
+@pytest.mark.parametrize("case,over,exc,msg", BAD_STATS, ids=[b[0] for b in BAD_STATS])
+def test_bad_statistics(op, case, over, exc, msg):
+    with pytest.raises(exc, match=msg):
+        OPS[op](**over)
+
+
+@pytest.mark.parametrize("over,exc,msg", [
+    (dict(reduction="avg"), ValueError, "reduction must be one of"),
+    (dict(temperature=0.0), ValueError, "temperature must be a positive"),
+    (dict(ratio=float("nan")), ValueError, "ratio must be a finite"),
+    (dict(weight=torch.ones(N + 1)), ValueError, r"weight must have shape \[N\]"),
+    (dict(weight=torch.ones(N, dtype=torch.int64)), TypeError, "weight must be a floating"),
+    (dict(weight=torch.ones(N, requires_grad=True)), ValueError, "weight must not require grad"),
+    (dict(mean=torch.zeros(C, D, requires_grad=True)), ValueError, "mean must not require grad"),
+    (dict(cov=torch.zeros(C, D, requires_grad=True)), ValueError, "cov must not require grad"),
+    (dict(feats=torch.zeros(N, 1025), mean=torch.zeros(C, 1025), cov=None), ValueError, "exceeds"),
+    (dict(feats=torch.zeros(N, 257), mean=torch.zeros(C, 257), cov=torch.zeros(C, 257, 257)), ValueError,
+     "full-covariance limit of 256"),
+    (dict(mean=torch.zeros(257, D), cov=None, labels=torch.zeros(N, dtype=torch.int64)), ValueError,
+     "at most 256"),
+])
+def test_bad_loss_options(over, exc, msg):
+    with pytest.raises(exc, match=msg):
+        _loss(**over)
+
+
+def test_bad_moment_options():
+    g = _good()
+    with pytest.raises(ValueError, match="covariance must be"):
+        kernels.class_moments(g["feats"], g["labels"], C, covariance="diagonal")
+    with pytest.raises(ValueError, match="num_classes must be in"):
+        kernels.class_moments(g["feats"], g["labels"], 0)
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        kernels.class_moments(g["feats"], g["labels"], 4.0)
+
+
+def test_bad_update_options():
+    g = _good()
+    with pytest.raises(ValueError, match=r"count must have shape \[4\]"):
+        kernels.update_class_distribution(torch.zeros(C + 1), g["mean"], g["cov"], g["feats"], g["labels"])
+    with pytest.raises(TypeError, match="cov must be float32 or float64 like mean"):
+        kernels.update_class_distribution(torch.zeros(C), g["mean"], g["cov"].double(), g["feats"], g["labels"])
+    with pytest.raises(ValueError, match="cov is required"):
+        kernels.update_class_distribution(torch.zeros(C), g["mean"], None, g["feats"], g["labels"])
+
+
+def test_backend_context_and_environment(monkeypatch):
+    monkeypatch.delenv("KERNELS_BACKEND", raising=False)
+    cpu = torch.zeros(1)
+    assert requested_backend() == "auto" and resolve_backend(cpu) == "torch"
+    with kernels.backend("triton"):
+        assert resolve_backend(cpu) == "triton"  # the interpreter is on in the tests
+        with kernels.backend("torch"):
+            assert resolve_backend(cpu) == "torch"
+        with pytest.raises(TypeError, match="float64 inputs run on the torch backend"):
+            resolve_backend(cpu.double())
+    monkeypatch.setenv("KERNELS_BACKEND", "triton")
+    assert resolve_backend(cpu) == "triton"
+    monkeypatch.setenv("KERNELS_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="KERNELS_BACKEND must be one of"):
+        resolve_backend(cpu)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with kernels.backend("gpu"):
+            pass
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["KERNELS_BACKEND"] = "triton"
+    code = ("import torch, kernels\n"
+            "kernels.dist_contrastive_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), torch.randn(2, 3))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode != 0
+    assert "the triton backend needs CUDA tensors, or TRITON_INTERPRET=1" in proc.stderr
