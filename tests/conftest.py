@@ -5,3 +5,14 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ["KERNELS_POISON"] = "1"  # outputs start as NaN: an element a kernel forgets stays NaN
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the largest relative error against float64 that the parity tests saw."""
+    from tests.parity import LARGEST
+
+    if not LARGEST:
+        return
+    terminalreporter.section("largest relative error vs float64 (max-norm), by quantity and input dtype")
+    for (what, dtype), err in sorted(LARGEST.items()):
+        terminalreporter.write_line(f"{what:<28} {dtype:<9} {err:.2e}")

@@ -65,8 +65,8 @@ def test_loss_and_gradient_match_float64_reference(backend, n, d, c, cov_kind, r
     (loss, grad), (loss_t, grad_t), (loss_e, grad_e) = run_case(
         backend, n, d, c, cov_kind, reduction, dtype, weighted, ignore_frac)
     assert loss.dtype == torch.float32 and grad.dtype == dtype
-    assert_parity(loss, loss_t, dtype, eager=loss_e, what="loss")
-    assert_parity(grad, grad_t, dtype, eager=grad_e, what="gradient")
+    assert_parity(loss, loss_t, dtype, eager=loss_e, what=f"loss {cov_kind}")
+    assert_parity(grad, grad_t, dtype, eager=grad_e, what=f"loss gradient {cov_kind}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -77,8 +77,8 @@ def test_every_option_at_one_shape(backend, cov_kind, reduction):
     for weighted in (False, True):
         (loss, grad), (loss_t, grad_t), (loss_e, grad_e) = run_case(
             backend, 517, 123, 19, cov_kind, reduction, torch.float32, weighted, 0.2, seed=5)
-        assert_parity(loss, loss_t, torch.float32, eager=loss_e, what="loss")
-        assert_parity(grad, grad_t, torch.float32, eager=grad_e, what="gradient")
+        assert_parity(loss, loss_t, torch.float32, eager=loss_e, what=f"loss {cov_kind}")
+        assert_parity(grad, grad_t, torch.float32, eager=grad_e, what=f"loss gradient {cov_kind}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -86,8 +86,8 @@ def test_every_option_at_one_shape(backend, cov_kind, reduction):
 def test_half_inputs(backend, dtype):
     (loss, grad), (loss_t, grad_t), (loss_e, grad_e) = run_case(
         backend, 300, 64, 19, "diag", "mean", dtype, True, 0.2, seed=11)
-    assert_parity(loss, loss_t, dtype, eager=loss_e, what="loss")
-    assert_parity(grad, grad_t, dtype, eager=grad_e, what="gradient")
+    assert_parity(loss, loss_t, dtype, eager=loss_e, what="loss diag")
+    assert_parity(grad, grad_t, dtype, eager=grad_e, what="loss gradient diag")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -42,8 +42,10 @@ def test_class_moments_match_reference(backend, n, d, c, kind, dtype, ignore):
     eager = class_moments_reference(feats, labels, c, covariance=kind)
     assert count.dtype == total.dtype == second.dtype == torch.float32
     assert torch.equal(count, ref[0].float())
-    assert_parity(total, ref[1], torch.float32, eager=eager[1].float(), what="total")
-    assert_parity(second, ref[2], torch.float32, eager=eager[2].float(), what="second")
+    assert_parity(total, ref[1], torch.float32, eager=eager[1].float(),
+                  what="class_moments total", input_dtype=dtype)
+    assert_parity(second, ref[2], torch.float32, eager=eager[2].float(),
+                  what=f"class_moments second {kind}", input_dtype=dtype)
 
 
 @pytest.mark.parametrize("backend,n,d,c,kind,dtype,ignore", _cases())
@@ -59,9 +61,9 @@ def test_update_matches_reference(backend, n, d, c, kind, dtype, ignore):
     ref = update_class_distribution_reference(count.double(), mean.double(), cov.double(),
                                               feats.double(), labels)
     assert torch.equal(out[0], ref[0].float())
-    assert_parity(out[1], ref[1], torch.float32, what="mean")
+    assert_parity(out[1], ref[1], torch.float32, what="update mean", input_dtype=dtype)
     # The covariance is a small difference of moments: compare against the two-pass truth.
-    assert_parity(out[2], ref[2], torch.float32, what="cov")
+    assert_parity(out[2], ref[2], torch.float32, what=f"update cov {kind}", input_dtype=dtype)
     present = torch.isin(torch.arange(c), labels[labels != 255])
     absent = ~present
     assert torch.equal(out[1][absent], mean[absent]) and torch.equal(out[2][absent], cov[absent])
@@ -95,7 +97,7 @@ def test_sequential_updates_follow_reference(backend, kind):
             stats = kernels.update_class_distribution(*stats, feats, labels)
         ref = update_class_distribution_reference(*ref, feats.double(), labels)
         for ours, truth in zip(stats, ref):
-            assert_parity(ours, truth, torch.float32)
+            assert_parity(ours, truth, torch.float32, what="update (3 batches)")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
