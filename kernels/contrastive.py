@@ -171,14 +171,20 @@ def loss_config(num_classes: int, dim: int, cov_mode: int, interpret: bool | Non
                           block_d=block_d, num_warps=4, num_stages=1)
     # Two [BLOCK_N, BLOCK_C] float32 accumulators plus the probabilities must stay in registers:
     # keep BLOCK_N * BLOCK_C at 2048 (64 pixels for C <= 32) and shrink the pixel tile for more
-    # classes. Full covariance adds a [BLOCK_N, BLOCK_D] product accumulator and pipelines badly
-    # (spills at num_stages > 1): one stage, 32-channel chunks.
+    # classes; tl.dot needs 16 rows, so C > 128 ("wide") has 4096-element tiles. Register counts
+    # come from ptxas via `python -m kernels.compile_check` (sm_80 and sm_90a, zero spills):
+    # 8 warps halve every per-thread share of those tiles (4 warps spilled 100-500 bytes on sm_80
+    # at 64-channel chunks), and wide tiles also take 16-channel chunks.
     block_n = max(16, min(64, 2048 // block_c))
+    wide = block_n * block_c > 2048
     if cov_mode == FULL_COV:
-        return LossConfig(block_n=block_n, block_c=block_c, block_d=32, num_warps=4, num_stages=1)
-    block_d = max(16, min(64, triton.next_power_of_2(dim)))
-    return LossConfig(block_n=block_n, block_c=block_c, block_d=block_d,
-                      num_warps=4 if block_c <= 64 else 8, num_stages=2)
+        # The nested class / chunk loops pipeline badly (spills at num_stages > 1): one stage,
+        # 16-channel chunks for the [BLOCK_N, BLOCK_D] product accumulator of z @ A_c (32
+        # spilled a few bytes at some dtypes; wide tiles spilled over a kilobyte).
+        return LossConfig(block_n=block_n, block_c=block_c, block_d=16,
+                          num_warps=8 if wide else 4, num_stages=1)
+    block_d = 16 if wide else max(16, min(64, triton.next_power_of_2(dim)))
+    return LossConfig(block_n=block_n, block_c=block_c, block_d=block_d, num_warps=8, num_stages=2)
 
 
 def _dot_precision(feats) -> str:
@@ -208,10 +214,11 @@ def contrastive_forward_triton(feats, labels, m, a, weight, ignore_index, want_g
 
 
 def _torch_chunk_rows(num_classes: int, dim: int, full: bool) -> int:
-    # Full covariance forms z @ A_c for all classes of a chunk at once: chunk x C x D floats.
-    # Keep each temporary near 4M elements (16 MB in float32).
-    per_row = num_classes * dim if full else dim
-    return max(64, (1 << 22) // per_row)
+    # Chunks sized to stay in cache: about 1 MB of float32 rows (256K elements), and for full
+    # covariance about 4 MB for z @ A_c of every class (chunk x C x D).
+    if full:
+        return max(16, (1 << 20) // (num_classes * dim))
+    return max(64, (1 << 18) // dim)
 
 
 def contrastive_forward_torch(feats, labels, m, a, weight, ignore_index, want_grad):
@@ -230,7 +237,7 @@ def contrastive_forward_torch(feats, labels, m, a, weight, ignore_index, want_gr
         z = feats[start:stop].to(acc)
         y = labels[start:stop]
         valid = y != ignore_index
-        y0 = torch.where(valid, y, 0).long()
+        y0 = torch.where(valid, y, 0).long()[:, None]
         lin = z @ m.T
         if a is None:
             logits = lin
@@ -240,20 +247,20 @@ def contrastive_forward_torch(feats, labels, m, a, weight, ignore_index, want_gr
         else:
             logits = torch.addmm(lin, z * z, a.T)
         lse = torch.logsumexp(logits, dim=1)
-        loss = lse - lin.gather(1, y0[:, None]).squeeze(1)
-        wt = valid.to(acc) if weight is None else torch.where(valid, weight[start:stop].to(acc), 0.0)
-        per_pixel[start:stop] = torch.where(valid, loss * wt, 0.0)
+        wt = valid.to(acc) if weight is None else torch.where(valid, weight[start:stop], 0.0)
+        per_pixel[start:stop] = torch.where(valid, (lse - lin.gather(1, y0).squeeze(1)) * wt, 0.0)
         if want_grad:
-            pw = torch.exp(logits - lse[:, None])
-            coef = pw.clone()
-            coef.scatter_add_(1, y0[:, None], torch.full_like(lse[:, None], -1.0))
-            coef = torch.where(valid[:, None], coef * wt[:, None], 0.0)
-            pw = torch.where(valid[:, None], pw * wt[:, None], 0.0)
-            g = coef @ m
-            if a is not None:
-                cov_term = torch.bmm(pw.unsqueeze(1), u).squeeze(1) if full else z * (pw @ a)
-                g.add_(cov_term, alpha=2.0)
-            grad[start:stop] = torch.where(valid[:, None], g, 0.0)
+            # Small [chunk, C] work first: pw = w p, coef = w (p - onehot), zero at ignored rows.
+            pw = torch.where(valid[:, None], torch.exp(logits - lse[:, None]) * wt[:, None], 0.0)
+            coef = pw.scatter_add(1, y0, -wt[:, None])
+            g = grad[start:stop]
+            torch.mm(coef, m, out=g)
+            if full:
+                g.add_(torch.bmm(pw.unsqueeze(1), u).squeeze(1), alpha=2.0)
+            elif a is not None:
+                g.addcmul_(z, pw @ a, value=2.0)
+            # A NaN feature at an ignored row would leak through z * 0 above.
+            g.index_fill_(0, torch.nonzero(~valid).squeeze(1), 0.0)
     return per_pixel, grad
 
 
