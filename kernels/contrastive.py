@@ -173,7 +173,7 @@ def loss_config(num_classes: int, dim: int, cov_mode: int, interpret: bool | Non
     # keep BLOCK_N * BLOCK_C at 2048 (64 pixels for C <= 32) and shrink the pixel tile for more
     # classes; tl.dot needs 16 rows, so C > 128 ("wide") has 4096-element tiles. Register counts
     # come from ptxas via `python -m kernels.compile_check` (sm_80 and sm_90a, zero spills):
-    # 8 warps halve every per-thread share of those tiles (4 warps spilled 100-500 bytes on sm_80
+    # 8 warps halve every per-thread share of those tiles (4 warps spilled 12-488 bytes on sm_80
     # at 64-channel chunks), and wide tiles also take 16-channel chunks.
     block_n = max(16, min(64, 2048 // block_c))
     wide = block_n * block_c > 2048

@@ -71,6 +71,9 @@ def _merge_class_distribution_kernel(
         tl.store(OUT_COV + c * D + offs_i, out, mask=mask_i)
 
 
+MERGE_NUM_WARPS = 4  # elementwise work; the compile check reads this too
+
+
 def merge_block_d(dim: int, full: bool) -> int:
     # Elementwise work: a 64 x 64 tile (full) or 1024 channels (diagonal) per program; the
     # interpreter prefers whole rows.
@@ -89,7 +92,7 @@ def _merge_triton(count, mean, cov, n_b, batch_mean, centred):
     out_cov = poisoned_empty(*cov.shape, device=mean.device)
     _merge_class_distribution_kernel[(num_classes, num_d, num_d if full else 1)](
         count, mean, cov, n_b, batch_mean, centred, out_count, out_mean, out_cov, dim,
-        FULL=full, BLOCK_D=block_d, num_warps=4)
+        FULL=full, BLOCK_D=block_d, num_warps=MERGE_NUM_WARPS)
     return out_count, out_mean, out_cov
 
 

@@ -121,8 +121,11 @@ def moment_config(n: int, num_classes: int, dim: int, second_mode: int,
     # About 4096 rows per program for an average class; capped so the partial buffer stays small
     # (FULL: SPLIT x C x D x D floats).
     split = max(1, min(8 if full else 32, n // max(1, num_classes * 4096)))
-    return MomentConfig(block_n=32 if full else 64, block_d=block_d, split=split, num_warps=4,
-                        num_stages=1 if full else 2)
+    # FULL spreads its 64 x 64 accumulator and the two operand tiles over 8 warps: with 4 warps
+    # the unshifted call (sums and outer products together) took 255 registers and spilled about
+    # 650 bytes (python -m kernels.compile_check); with 8 it stays under 200, spill-free.
+    return MomentConfig(block_n=32 if full else 64, block_d=block_d, split=split,
+                        num_warps=8 if full else 4, num_stages=1 if full else 2)
 
 
 def moment_partials_triton(feats, order, bounds, num_classes, *, shift=None, with_total=True,
