@@ -1,0 +1,129 @@
+"""Segmentation heads (DAFormer fusion head, DeepLab-V2 ASPP classifier) and SePiCo's projection
+head.
+
+Submodule names mirror the DAFormer / SePiCo heads (``embed_layers.0.proj``, ``fuse_layer.
+aspp_modules.1.depthwise_conv.conv``, ``fuse_layer.bottleneck``, ``conv_seg``, ``convs.0.conv``),
+so a trained DAFormer-family checkpoint maps onto them by renaming the top-level prefixes only.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ConvBNReLU, SeparableConvBNReLU
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False, as mmseg's ``resize``); a no-op at the right size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class MLPEmbedding(nn.Module):
+    """A per-pixel linear map (SegFormer's ``MLP``), applied as a 1x1 conv to stay in NCHW."""
+
+    def __init__(self, in_channels: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_channels, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.proj.weight[:, :, None, None], self.proj.bias)
+
+
+class SeparableASPP(nn.Module):
+    """DAFormer's fusion: ASPP with depthwise-separable dilated branches and no image pooling.
+
+    Branch d = 1 is a 1x1 conv-BN-ReLU, the others a dilated depthwise 3x3 conv-BN-ReLU then a
+    pointwise 1x1 conv-BN-ReLU; the concatenated branches go through a 3x3 conv-BN-ReLU bottleneck
+    (DAFormer's ``ASPPWrapper`` with ``sep=True, pool=False``).
+    """
+
+    def __init__(self, in_channels: int, channels: int, dilations: Sequence[int] = (1, 6, 12, 18)):
+        super().__init__()
+        self.aspp_modules = nn.ModuleList(
+            ConvBNReLU(in_channels, channels, 1) if d == 1
+            else SeparableConvBNReLU(in_channels, channels, dilation=d) for d in dilations)
+        self.bottleneck = ConvBNReLU(len(dilations) * channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(torch.cat([branch(x) for branch in self.aspp_modules], dim=1))
+
+
+class DAFormerHead(nn.Module):
+    """Per-stage linear embedding to ``embed_dim``, resize to the first stage, concatenate,
+    separable-ASPP fusion, dropout, 1x1 classifier. Logits come out at the first stage's stride."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, *, embed_dim: int = 256,
+                 channels: int = 256, dilations: Sequence[int] = (1, 6, 12, 18),
+                 dropout: float = 0.1):
+        super().__init__()
+        self.embed_layers = nn.ModuleDict(
+            {str(i): MLPEmbedding(c, embed_dim) for i, c in enumerate(in_channels)})
+        self.fuse_layer = SeparableASPP(embed_dim * len(in_channels), channels, dilations)
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        # Embed before resizing: the coarse stages are upsampled at 256 channels, not at 320 / 512.
+        embedded = [resize_to(self.embed_layers[str(i)](f), size) for i, f in enumerate(features)]
+        return self.conv_seg(self.dropout(self.fuse_layer(torch.cat(embedded, dim=1))))
+
+
+class ASPPClassifier(nn.Module):
+    """DeepLab-V2 classifier: the sum of parallel dilated 3x3 convs (with bias) to the classes."""
+
+    def __init__(self, in_channels: int, num_classes: int,
+                 dilations: Sequence[int] = (6, 12, 18, 24)):
+        super().__init__()
+        self.aspp_modules = nn.ModuleList(
+            nn.Conv2d(in_channels, num_classes, 1 if d == 1 else 3, padding=0 if d == 1 else d,
+                      dilation=d) for d in dilations)
+        for conv in self.aspp_modules:
+            nn.init.normal_(conv.weight, 0.0, 0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.aspp_modules[0](x)
+        for conv in self.aspp_modules[1:]:
+            out = out + conv(x)
+        return out
+
+
+class ProjectionHead(nn.Module):
+    """SePiCo's projection head: resize the chosen stages to the first one's size, concatenate,
+    two 1x1 conv-BN-ReLU layers (sum(in) -> hidden -> proj_dim), L2-normalise each pixel.
+
+    ``hidden`` defaults to SePiCo's rule: sum(in_channels) / len(in_channels) (1024 -> 256 for four
+    MiT stages, 2048 -> 2048 for one ResNet stage).
+
+    The first layer is evaluated without building the concatenation: a 1x1 conv of a
+    concatenation is the sum of per-stage 1x1 convs (the weight split along its input channels),
+    and bilinear resizing is linear, so each stage is projected at its own resolution and then
+    resized and summed. Same function and parameters; no [B, sum(in), h, w] tensor at stride 4.
+    """
+
+    def __init__(self, in_channels: Sequence[int], proj_dim: int = 256, hidden: int | None = None):
+        super().__init__()
+        self.in_channels = tuple(in_channels)
+        total = sum(self.in_channels)
+        hidden = total // len(self.in_channels) if hidden is None else hidden
+        self.convs = nn.Sequential(ConvBNReLU(total, hidden, 1), ConvBNReLU(hidden, proj_dim, 1))
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(features) != len(self.in_channels):
+            raise ValueError(f"expected {len(self.in_channels)} feature maps, got {len(features)}")
+        first = self.convs[0]
+        size = features[0].shape[-2:]
+        weights = first.conv.weight.split(self.in_channels, dim=1)
+        x = resize_to(F.conv2d(features[0], weights[0]), size)
+        for f, w in zip(features[1:], weights[1:]):
+            x = x + resize_to(F.conv2d(f, w), size)
+        x = self.convs[1](first.activate(first.bn(x)))
+        return F.normalize(x, p=2, dim=1)

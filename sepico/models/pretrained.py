@@ -1,0 +1,84 @@
+"""Load ImageNet weights into an encoder from a local file, with strict key matching.
+
+Never downloads. The file is a state dict, or a dict holding one under ``"state_dict"`` or
+``"model"`` (the SegFormer ``mit_b*.pth`` files and torchvision's ``resnet*.pth`` files are plain
+state dicts). The ImageNet classifier (``head.*`` for MiT, ``fc.*`` for ResNet) is dropped; every
+other key must match the encoder's exactly, in name and shape. The one tolerated absence is
+BatchNorm's ``num_batches_tracked`` counter, which checkpoints saved before PyTorch 0.4 (such as
+torchvision's original ResNet files) do not have.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+_SHOWN = 5  # how many offending keys an error names
+_OPTIONAL_SUFFIX = ".num_batches_tracked"
+
+
+class LoadedCheckpoint(NamedTuple):
+    loaded: int                 # tensors copied into the encoder
+    dropped: tuple[str, ...]    # classifier keys removed from the file
+
+
+def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike) -> LoadedCheckpoint:
+    """Copy the ImageNet weights in ``path`` into ``model``'s encoder (or into ``model`` itself
+    when it is an encoder). Raises ``ValueError`` naming the first few missing or unexpected keys,
+    or the first shape mismatches, before anything is copied."""
+    encoder = getattr(model, "encoder", model)
+    prefixes = getattr(encoder, "CLASSIFIER_PREFIXES", None)
+    if prefixes is None:
+        raise TypeError(f"{type(model).__name__} is neither a sepico model nor one of its encoders")
+    state = _read_state_dict(path)
+    dropped = tuple(k for k in state if k.startswith(prefixes))
+    state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+
+    expected = encoder.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_SUFFIX)]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+        raise ValueError(f"{os.fspath(path)} does not match the {type(encoder).__name__} encoder: "
+                         + "; ".join(problems))
+    mismatched = [f"{k} {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
+                  for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if mismatched:
+        raise ValueError(f"{os.fspath(path)} does not match the {type(encoder).__name__} encoder: "
+                         f"{len(mismatched)} shape mismatch(es): {_first(mismatched)}")
+    # Keys are checked above; strict=False only lets an absent num_batches_tracked through.
+    encoder.load_state_dict(state, strict=False)
+    return LoadedCheckpoint(loaded=len(state), dropped=dropped)
+
+
+def _read_state_dict(path) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained checkpoint not found: {os.fspath(path)}")
+    try:
+        # weights_only: a checkpoint is data, and unpickling arbitrary objects would run code.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{os.fspath(path)} holds objects other than tensors and plain "
+                         f"containers; save its state dict alone ({err})") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise ValueError(f"{os.fspath(path)} is not a state dict (a mapping of names to tensors), "
+                         f"nor a dict holding one under 'state_dict' or 'model'")
+    return obj
+
+
+def _first(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN])
+    return shown + (f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")

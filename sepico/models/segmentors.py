@@ -1,0 +1,190 @@
+"""The two SePiCo model families: encoder + segmentation head + projection head, one encoder pass.
+
+``model(x)`` returns ``(logits, embeddings)``:
+
+=================  ====================  ========================  ==============================
+family             logits                embeddings                projection input
+=================  ====================  ========================  ==============================
+DAFormer (MiT)     [B, C, H/4, W/4]      [B, proj_dim, H/4, W/4]   4 stages resized to stride 4
+DeepLab-V2 (R)     [B, C, H/8, W/8]      [B, proj_dim, H/8, W/8]   last stage (stride 8)
+=================  ====================  ========================  ==============================
+
+(sizes are ceil(H / stride) x ceil(W / stride); ``logits_stride`` / ``embedding_stride`` hold the
+strides). Logits are not upsampled: the caller resizes them to the label size it needs.
+Embeddings have unit L2 norm per pixel (a pixel whose features the ReLU zeroed entirely stays 0).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .heads import ASPPClassifier, DAFormerHead, ProjectionHead
+from .layers import STOCHASTIC_MODULES
+from .mit import MIT_CONFIGS, mit
+from .resnet import RESNET_DEPTHS, ResNet
+
+
+class Segmentor(nn.Module):
+    """Common surface of the model families (``encoder``, ``decode_head``, ``projection_head``).
+
+    - ``forward(x)`` -> (logits, embeddings); ``predict_logits(x)`` skips the projection head.
+    - ``encoder_parameters()`` / ``head_parameters()`` split the parameters (each exactly once);
+      ``parameter_groups(lr, head_lr_mult=10)`` builds the optimiser groups from them.
+    - ``set_dropout(False)`` switches dropout and drop-path off and keeps them off across
+      ``train()`` calls, while BatchNorm keeps following the train / eval mode (the EMA teacher
+      of DAFormer and SePiCo runs like that); ``eval()`` switches everything off.
+    - ``activation_checkpointing`` (settable) recomputes each encoder block in the backward.
+    """
+
+    encoder: nn.Module
+    decode_head: nn.Module
+    projection_head: ProjectionHead
+    logits_stride: int
+    embedding_stride: int
+
+    def __init__(self, projection_stages: Sequence[int]):
+        super().__init__()
+        self.projection_stages = tuple(projection_stages)
+        self._dropout_enabled = True
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder(self._check_input(x))
+        logits = self._decode(features)
+        embeddings = self.projection_head([features[i] for i in self.projection_stages])
+        return logits, embeddings
+
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits only (evaluation, pseudo labels), without the projection head's cost."""
+        return self._decode(self.encoder(self._check_input(x)))
+
+    def _decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        in_chans = self.encoder.in_chans
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected images of shape [B, {in_chans}, H, W], got {shape}")
+        return x
+
+    # ------------------------------------------------------------------ parameters
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        return self.encoder.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.decode_head.parameters()
+        yield from self.projection_head.parameters()
+
+    def parameter_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+        """Optimiser groups: the encoder at ``lr``, both heads at ``lr * head_lr_mult``."""
+        return [{"name": "encoder", "params": list(self.encoder_parameters()), "lr": lr},
+                {"name": "heads", "params": list(self.head_parameters()), "lr": lr * head_lr_mult}]
+
+    # ------------------------------------------------------------------ modes
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        return self.encoder.activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, enabled: bool) -> None:
+        self.encoder.activation_checkpointing = bool(enabled)
+
+    def set_dropout(self, enabled: bool) -> "Segmentor":
+        """Switch dropout and drop-path on or off, independently of train / eval mode."""
+        self._dropout_enabled = bool(enabled)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Segmentor":
+        super().train(mode)
+        if not self._dropout_enabled:
+            for m in self.modules():
+                if isinstance(m, STOCHASTIC_MODULES):
+                    m.training = False
+        return self
+
+
+class DAFormer(Segmentor):
+    """MiT encoder + DAFormer separable-ASPP fusion head + projection head on all four stages.
+
+    Published SePiCo setting: ``encoder="mit_b5"``, ``embed_dim = channels = 256``, dilations
+    (1, 6, 12, 18), dropout 0.1, drop-path 0.1, projection 1024 -> 256 -> 512 (``proj_dim=512``).
+    """
+
+    def __init__(self, num_classes: int = 19, encoder: str = "mit_b5", *, proj_dim: int = 256,
+                 proj_hidden: int | None = None, projection_stages: Sequence[int] = (0, 1, 2, 3),
+                 embed_dim: int = 256, channels: int = 256,
+                 dilations: Sequence[int] = (1, 6, 12, 18), dropout: float = 0.1,
+                 drop_path_rate: float = 0.1, activation_checkpointing: bool = False):
+        _check_positive(num_classes=num_classes, proj_dim=proj_dim)
+        _check_stages(projection_stages)
+        super().__init__(projection_stages)
+        self.encoder = mit(encoder, drop_path_rate=drop_path_rate,
+                           activation_checkpointing=activation_checkpointing)
+        channels_in = self.encoder.out_channels
+        self.decode_head = DAFormerHead(channels_in, num_classes, embed_dim=embed_dim,
+                                        channels=channels, dilations=dilations, dropout=dropout)
+        self.projection_head = ProjectionHead([channels_in[i] for i in self.projection_stages],
+                                              proj_dim, proj_hidden)
+        self.logits_stride = self.encoder.strides[0]
+        self.embedding_stride = self.encoder.strides[self.projection_stages[0]]
+
+    def _decode(self, features):
+        return self.decode_head(features)
+
+
+class DeepLabV2(Segmentor):
+    """Dilated ResNet (output stride 8) + DeepLab-V2 ASPP classifier + projection head on the last
+    stage. Published SePiCo setting: ResNet-101, dilations (6, 12, 18, 24), projection
+    2048 -> 2048 -> 512 (``proj_dim=512``)."""
+
+    def __init__(self, num_classes: int = 19, depth: int = 101, *, proj_dim: int = 256,
+                 proj_hidden: int | None = None, projection_stages: Sequence[int] = (3,),
+                 dilations: Sequence[int] = (6, 12, 18, 24),
+                 activation_checkpointing: bool = False):
+        _check_positive(num_classes=num_classes, proj_dim=proj_dim)
+        _check_stages(projection_stages)
+        super().__init__(projection_stages)
+        self.encoder = ResNet(depth, output_stride=8,
+                              activation_checkpointing=activation_checkpointing)
+        channels_in = self.encoder.out_channels
+        self.decode_head = ASPPClassifier(channels_in[-1], num_classes, dilations)
+        self.projection_head = ProjectionHead([channels_in[i] for i in self.projection_stages],
+                                              proj_dim, proj_hidden)
+        self.logits_stride = self.encoder.strides[-1]
+        self.embedding_stride = self.encoder.strides[self.projection_stages[0]]
+
+    def _decode(self, features):
+        return self.decode_head(features[-1])
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_stages(stages: Sequence[int]) -> None:
+    stages = tuple(stages)
+    if not stages or len(set(stages)) != len(stages) or any(s not in (0, 1, 2, 3) for s in stages):
+        raise ValueError(f"projection_stages must be distinct stage indices in 0..3, got {stages}")
+
+
+MODEL_NAMES = tuple([f"daformer_{v}" for v in MIT_CONFIGS]
+                    + [f"deeplabv2_r{d}" for d in RESNET_DEPTHS])
+
+
+def build_model(name: str, **kwargs) -> Segmentor:
+    """``build_model("daformer_mit_b5", num_classes=19, proj_dim=256)``; names in
+    ``MODEL_NAMES``, keyword arguments as in ``DAFormer`` / ``DeepLabV2``."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    family, variant = name.split("_", 1)
+    if family == "daformer":
+        return DAFormer(encoder=variant, **kwargs)
+    return DeepLabV2(depth=int(variant[1:]), **kwargs)
