@@ -1,0 +1,176 @@
+"""Peak extra host memory of the SePiCo losses, label downscaling and the estimator update on the
+CPU (torch) path, against the eager references of sepico/reference.py.
+
+    python bench/memory_losses.py            # B = 2, 1024 x 2048 labels, D = 256, C = 19, stride 4
+    python bench/memory_losses.py --small    # a quick run at 256 x 512
+
+Every case runs in a fresh Python process: it warms the libraries up on a tiny input, builds its
+inputs, resets the peak resident set size (writing 5 to /proc/self/clear_refs), runs the op once and
+reads VmHWM from /proc/self/status. "peak" is VmHWM minus the resident size just before the op
+(the inputs, the interpreter and the libraries); "kept" is what is still resident after it (e.g.
+feat.grad after a backward). The processes run with MALLOC_MMAP_THRESHOLD_=1048576 so that every
+block of 1 MiB or more comes from mmap and goes back on free, and call malloc_trim before the op:
+a freed block cannot hide a later allocation. No timings: the measurement itself slows the op
+down. Linux only.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from a checkout, installed or not
+    sys.path.insert(0, ROOT)
+
+B, DIM, C, STRIDE, MEMORY = 2, 256, 19, 4, 200
+SIZES = {"full": (1024, 2048), "small": (256, 512)}
+
+
+# --------------------------------------------------------------------------- one case (child)
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _inputs(height, width, *, seed=0):
+    """Float32 feat [B, D, H/4, W/4] (ReLU + L2 norm, like the projection head), int64 labels
+    [B, 1, H, W] made of 32 x 32 blocks with 3 % salt noise and an ignored band, statistics."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed)
+    h, w = height // STRIDE, width // STRIDE
+    feat = F.normalize(torch.randn(B, DIM, h, w, generator=gen).relu_().add_(0.01), dim=1)
+    blocks = torch.randint(0, C, (B, 1, height // 32, width // 32), generator=gen)
+    label = blocks.repeat_interleave(32, 2).repeat_interleave(32, 3)
+    noise = torch.rand(B, 1, height, width, generator=gen) < 0.03
+    label[noise] = torch.randint(0, C, (int(noise.sum()),), generator=gen)
+    del noise
+    label[:, :, -height // 8:] = 255
+    mean = F.normalize(torch.rand(C, DIM, generator=gen), dim=1)
+    cov = torch.rand(C, DIM, generator=gen) * 1e-3
+    return feat, label, mean, cov
+
+
+def _case_fn(name, height, width):
+    """Build the inputs of case `name` and return a closure that runs it once."""
+    import torch
+
+    from sepico import losses, reference
+    from sepico.estimator import ClassDistributionEstimator
+
+    feat, label, mean, cov = _inputs(height, width)
+    small = losses.labels_at_feature_resolution(label, feat.shape[-2:], num_classes=C)
+    pixels = feat.permute(0, 2, 3, 1).reshape(-1, DIM).contiguous()
+    flat = small.reshape(-1)
+    bank = [torch.randn(MEMORY, DIM) / DIM ** 0.5 for _ in range(C)]
+    opts = dict(num_classes=C)
+
+    def backward(fn):
+        def run():
+            x = feat.requires_grad_()
+            fn(x).backward()
+        return run
+
+    cases = {
+        "downscale_labels": (lambda: losses.downscale_labels(label, STRIDE, num_classes=C)),
+        "downscale_labels reference": (
+            lambda: reference.downscale_labels_reference(label, STRIDE, num_classes=C)),
+        "dist_contrastive_loss forward (no grad)": (
+            lambda: losses.dist_contrastive_loss(feat, label, mean, cov, **opts)),
+        "dist_contrastive_loss fwd+bwd": backward(
+            lambda x: losses.dist_contrastive_loss(x, label, mean, cov, **opts)),
+        "dist_contrastive_loss fwd+bwd reg_weight=1": backward(
+            lambda x: losses.dist_contrastive_loss(x, label, mean, cov, reg_weight=1.0, **opts)),
+        "dist_contrastive_loss fwd+bwd full cov": backward(
+            lambda x: losses.dist_contrastive_loss(x, label, mean, torch.diag_embed(cov), **opts)),
+        "dist_contrastive_map_reference fwd+bwd": backward(
+            lambda x: reference.dist_contrastive_map_reference(x, label, mean, cov, **opts)),
+        "proto_contrastive_loss fwd+bwd": backward(
+            lambda x: losses.proto_contrastive_loss(x, label, mean, **opts)),
+        f"bank_contrastive_loss fwd+bwd (L={MEMORY})": backward(
+            lambda x: losses.bank_contrastive_loss(x, label, bank, **opts)),
+    }
+    for covariance, memory in (("diag", 0), ("diag", MEMORY), ("full", 0)):
+        est = ClassDistributionEstimator(C, DIM, covariance=covariance, memory_length=memory)
+        est.update(pixels[:1000], flat[:1000])  # statistics already populated, as in training
+        cases[f"ClassDistributionEstimator.update {covariance} memory_length={memory}"] = (
+            lambda est=est: est.update(pixels, flat))
+
+    def reference_update():
+        z = torch.zeros(C)
+        reference.update_class_distribution_reference(z, torch.zeros(C, DIM), torch.zeros(C, DIM),
+                                                       pixels, flat)
+    cases["update_class_distribution_reference diag"] = reference_update
+    inputs_mb = sum(t.numel() * t.element_size() for t in (feat, label, mean, cov, pixels, flat)) / 2 ** 20
+    return cases[name], inputs_mb, list(cases)
+
+
+def _child(name, size):
+    import torch
+
+    torch.manual_seed(0)
+    # Warm-up on a tiny input: thread pools and library buffers are not the op's memory.
+    run, _, _ = _case_fn(name, 64, 128)
+    run()
+    run, inputs_mb, _ = _case_fn(name, *SIZES[size])
+    ctypes.CDLL(None).malloc_trim(0)  # hand freed heap back, so reusing it counts as growth
+    before = _rss_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    run()
+    peak = _rss_kb("VmHWM")
+    after = _rss_kb("VmRSS")
+    print(json.dumps({"case": name, "peak_mb": (peak - before) / 1024, "kept_mb": (after - before) / 1024,
+                      "inputs_mb": inputs_mb}))
+
+
+# --------------------------------------------------------------------------- driver
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="256 x 512 labels instead of 1024 x 2048")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--size", default="full", choices=tuple(SIZES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        _child(args.case, args.size)
+        return
+    size = "small" if args.small else "full"
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", KERNELS_BACKEND="torch")
+    env.pop("TRITON_INTERPRET", None)
+    import torch
+
+    _, _, names = _case_fn("downscale_labels", 64, 128)
+    height, width = SIZES[size]
+    print(f"B = {B}, labels {height} x {width} int64, feat [{B}, {DIM}, {height // STRIDE}, "
+          f"{width // STRIDE}] float32 (N = {B * height * width // STRIDE ** 2} pixels), C = {C}, "
+          f"CPU torch path; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores")
+    print(f"{'case':<62} {'peak MB':>9} {'kept MB':>9}")
+    inputs = None
+    for name in names:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--case", name, "--size", size],
+                             env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{name:<62} failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        inputs = row["inputs_mb"]
+        print(f"{name:<62} {row['peak_mb']:9.1f} {row['kept_mb']:9.1f}", flush=True)
+    if inputs is not None:
+        print(f"(peak and kept are above the resident inputs: feat, labels, statistics, and the "
+              f"flattened [N, D] pixels and [N] labels the update cases take: {inputs:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Running per-class feature distribution and memory bank (design sections 3 and 4).
+
+The estimator keeps, per class, the count of pixels seen, their mean and their (biased)
+covariance, diagonal [C, D] or full [C, D, D], and merges each batch into them with the exact
+count-weighted rule of ``kernels.update_class_distribution``: a class absent from the batch keeps
+its statistics. Nothing is forgotten (the reference behaviour).
+
+With ``memory_length > 0`` it also keeps BankCL's memory bank: per class, a queue of at most
+``memory_length`` batch means, oldest first. As in the reference estimator every queue starts
+with one zero vector, which stays until newer means push it out; each ``update`` appends the
+batch mean of every class present in that batch (so updating with two half-batches and with
+their union give the same statistics but not the same bank).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import kernels
+
+_STATE_KEYS = ("count", "mean", "cov", "bank", "bank_len")
+
+
+class ClassDistributionEstimator:
+    """Per-class count, mean, covariance and memory bank of pixel embeddings.
+
+    Args:
+        num_classes: C. dim: D, the embedding channels.
+        covariance: ``"diag"`` (cov [C, D], the reference's) or ``"full"`` (cov [C, D, D]).
+        memory_length: length of each class's BankCL queue; 0 keeps no bank.
+        device, dtype: where and in which precision (float32 or float64) the statistics live.
+
+    Attributes (read-only): ``count`` [C], ``mean`` [C, D], ``cov`` [C, D] or [C, D, D], and
+    ``bank``: a list of C tensors [L_c, D] (oldest entry first; L_c = 0 when ``memory_length``
+    is 0), the format ``sepico.losses.bank_contrastive_loss`` takes. Each update replaces these
+    tensors with new ones, so a tensor read before an update keeps its values.
+    """
+
+    def __init__(self, num_classes: int, dim: int, *, covariance: str = "diag",
+                 memory_length: int = 0, device=None, dtype=torch.float32):
+        for name, value, low in (("num_classes", num_classes, 1), ("dim", dim, 1),
+                                 ("memory_length", memory_length, 0)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if covariance not in ("diag", "full"):
+            raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self._covariance = covariance
+        self._memory_length = memory_length
+        cov_shape = (num_classes, dim) if covariance == "diag" else (num_classes, dim, dim)
+        opts = dict(device=device, dtype=dtype)
+        self._count = torch.zeros(num_classes, **opts)
+        self._mean = torch.zeros(num_classes, dim, **opts)
+        self._cov = torch.zeros(cov_shape, **opts)
+        # The bank as one tensor: class c's queue is _bank[c, :_bank_len[c]], oldest first.
+        # Every queue starts as one zero vector (the reference estimator's initial entry).
+        self._bank = torch.zeros(num_classes, memory_length, dim, **opts)
+        self._bank_len = torch.full((num_classes,), min(memory_length, 1), dtype=torch.int64,
+                                    device=device)
+
+    # ------------------------------------------------------------------ read access
+
+    @property
+    def num_classes(self) -> int:
+        return self._mean.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self._mean.shape[1]
+
+    @property
+    def covariance(self) -> str:
+        return self._covariance
+
+    @property
+    def memory_length(self) -> int:
+        return self._memory_length
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._mean.dtype
+
+    @property
+    def count(self) -> torch.Tensor:
+        return self._count
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._mean
+
+    @property
+    def cov(self) -> torch.Tensor:
+        return self._cov
+
+    @property
+    def bank(self) -> list[torch.Tensor]:
+        """C tensors [L_c, D], oldest entry first (one host sync to read the lengths)."""
+        return [self._bank[c, :n] for c, n in enumerate(self._bank_len.tolist())]
+
+    def __repr__(self) -> str:
+        return (f"ClassDistributionEstimator(num_classes={self.num_classes}, dim={self.dim}, "
+                f"covariance={self.covariance!r}, memory_length={self.memory_length}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    # ------------------------------------------------------------------ update
+
+    @torch.no_grad()
+    def update(self, feats: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = 255) -> None:
+        """Merge a batch of pixel embeddings into the statistics (and the bank).
+
+        Args:
+            feats: [N, D] embeddings (float32, float16, bfloat16, or float64 on the torch
+                backend); no gradient flows into the statistics.
+            labels: [N] int64 or int32 class ids in [0, C) or ``ignore_index`` (dropped).
+        """
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or feats.shape[1] != self.dim:
+            shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+            raise ValueError(f"feats must have shape [N, {self.dim}], got {shape}")
+        feats = feats.detach()
+        count, mean, cov = kernels.update_class_distribution(
+            self._count, self._mean, self._cov, feats, labels, ignore_index=ignore_index)
+        if self._memory_length > 0:
+            n_b, total, _ = kernels.class_moments(feats, labels, self.num_classes,
+                                                  ignore_index=ignore_index)
+            batch_mean = (total / n_b.clamp(min=1).to(total.dtype)[:, None]).to(self.dtype)
+            self._push_bank(n_b > 0, batch_mean)
+        self._count, self._mean, self._cov = count, mean, cov
+
+    def _push_bank(self, present: torch.Tensor, batch_mean: torch.Tensor) -> None:
+        """Append each present class's batch mean to its queue, dropping the oldest entry of a
+        full queue. Tensor ops only (no host sync); the old bank tensor is left untouched."""
+        length = self._memory_length
+        full = self._bank_len >= length
+        shift = (present & full)[:, None, None]
+        bank = torch.where(shift, self._bank.roll(-1, dims=1), self._bank)
+        slot = torch.where(full, length - 1, self._bank_len)
+        rows = torch.arange(self.num_classes, device=bank.device)
+        bank[rows, slot] = torch.where(present[:, None], batch_mean, bank[rows, slot])
+        self._bank = bank
+        self._bank_len = torch.where(present, (self._bank_len + 1).clamp(max=length), self._bank_len)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """The state as tensors: count, mean, cov, bank [C, memory_length, D], bank_len [C]."""
+        return {"count": self._count, "mean": self._mean, "cov": self._cov,
+                "bank": self._bank, "bank_len": self._bank_len}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy a ``state_dict()`` in, to this estimator's device and dtype. The shapes must
+        match this estimator's (C, D, covariance kind and memory_length)."""
+        missing = [k for k in _STATE_KEYS if k not in state]
+        unexpected = [k for k in state if k not in _STATE_KEYS]
+        if missing or unexpected:
+            raise KeyError(f"state_dict keys do not match: missing {missing}, unexpected "
+                           f"{unexpected}")
+        current = self.state_dict()
+        loaded = {}
+        for key in _STATE_KEYS:
+            value = state[key]
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"state_dict[{key!r}] must be a tensor, got {type(value).__name__}")
+            if value.shape != current[key].shape:
+                raise ValueError(f"state_dict[{key!r}] has shape {tuple(value.shape)}, this "
+                                 f"estimator expects {tuple(current[key].shape)}")
+            loaded[key] = value.detach().to(device=current[key].device,
+                                            dtype=current[key].dtype, copy=True)
+        lengths = loaded["bank_len"]
+        if bool(((lengths < 0) | (lengths > self._memory_length)).any()):
+            raise ValueError(f"state_dict['bank_len'] must be in [0, {self._memory_length}], got "
+                             f"{lengths.tolist()}")
+        self._count, self._mean, self._cov = loaded["count"], loaded["mean"], loaded["cov"]
+        self._bank, self._bank_len = loaded["bank"], loaded["bank_len"]
+
+    @classmethod
+    def from_reference_checkpoint(cls, path: str | os.PathLike, *, covariance: str = "diag",
+                                  memory_length: int = 0, device=None,
+                                  dtype=torch.float32) -> "ClassDistributionEstimator":
+        """An estimator holding the statistics that the reference implementation saved
+        (``ProtoEstimator.save_proto``: a torch file with ``Ave`` [C, D], ``CoVariance`` [C, D]
+        and ``Amount`` [C]). ``covariance="full"`` puts the diagonal on a [C, D, D] matrix. The
+        reference does not save its bank: with ``memory_length > 0`` the queues start afresh
+        (one zero vector each)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or any(k not in state for k in ("Ave", "CoVariance", "Amount")):
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise KeyError(f"{os.fspath(path)!r} is not a reference estimator checkpoint: "
+                           f"expected keys Ave, CoVariance, Amount, got {keys}")
+        ave, variance, amount = state["Ave"], state["CoVariance"], state["Amount"]
+        if ave.dim() != 2 or variance.shape != ave.shape or amount.shape != ave.shape[:1]:
+            raise ValueError(f"checkpoint shapes do not fit: Ave {tuple(ave.shape)}, CoVariance "
+                             f"{tuple(variance.shape)}, Amount {tuple(amount.shape)} (expected "
+                             "[C, D], [C, D], [C])")
+        num_classes, dim = ave.shape
+        est = cls(num_classes, dim, covariance=covariance, memory_length=memory_length,
+                  device=device, dtype=dtype)
+        cov = torch.diag_embed(variance) if covariance == "full" else variance
+        opts = dict(device=est.device, dtype=est.dtype)
+        est._count = amount.to(**opts)
+        est._mean = ave.to(**opts)
+        est._cov = cov.to(**opts)
+        return est
