@@ -7,9 +7,10 @@ setup(
                 "with fused Triton kernels for class statistics and the contrastive loss",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["kernels", "kernels.*", "sepico", "sepico.*"]),
-    install_requires=["torch>=2.4", "triton>=3.2", "numpy"],
+    install_requires=["torch>=2.4", "triton>=3.2", "numpy", "tqdm"],
+    entry_points={"console_scripts": ["sepico=sepico.cli:main"]},
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
         "gpu": ["nvidia-ml-py"],

@@ -1,0 +1,240 @@
+"""Training configuration: plain dataclasses, loaded from a TOML file and overridden with
+``--set section.field=value``. Every error names the field it is about (`ConfigError`)."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VARIANTS = ("dist", "proto", "bank", "self_training", "source_only")
+COVARIANCES = ("diag", "full")
+PSEUDO_WEIGHTS = ("dacs", "pixel")
+RATIO_SCHEDULES = ("constant", "linear")
+
+
+class ConfigError(ValueError):
+    """A bad configuration: unknown key, wrong type, bad value, missing dataset folder."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"        # dataset of labelled source images
+    target: str = "synthetic"        # dataset of unlabelled target images (labelled test split)
+    source_root: str = ""            # folder of a real source dataset
+    target_root: str = ""            # folder of a real target dataset
+    size: tuple = (128, 256)         # (H, W) of the synthetic scenes
+    train_length: int = 2000         # synthetic scenes per domain in the train split
+    test_length: int = 100           # synthetic target scenes to evaluate on
+    seed: int = 0                    # synthetic scene seed
+    num_workers: int = 0             # DataLoader workers
+
+
+@dataclass
+class ModelConfig:
+    name: str = "daformer_mit_b5"    # see sepico.models.MODEL_NAMES
+    num_classes: int = 19
+    proj_dim: int = 256              # projection head output (published runs: 512)
+    head_channels: int = 256         # DAFormer decode-head width (smaller for quick runs)
+    pretrained: str = ""             # local file with ImageNet encoder weights ("" = random init)
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-5                 # AdamW, encoder
+    head_lr_mult: float = 10.0       # decode and projection heads at lr x this
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_iters: int = 1500         # linear warm-up, then polynomial decay
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+
+
+@dataclass
+class MethodConfig:
+    variant: str = "dist"            # dist | proto | bank | self_training | source_only
+    covariance: str = "diag"         # dist: diag | full
+    temperature: float = 100.0
+    ratio: float = 1.0               # covariance ratio r (final value of the schedule)
+    ratio_schedule: str = "constant"  # constant | linear (0 -> ratio over the run)
+    reg_weight: float = 1.0          # regulariser, added to each contrastive call
+    contrast_weight: float = 1.0     # weight of the source and target contrastive losses
+    start_distribution_iter: int = 3000  # contrastive losses from this iteration on
+    memory_length: int = 200         # bank variant: queue length per class
+    use_avg_pool: bool = True        # labels to feature resolution by majority vote
+    scale_min_ratio: float = 0.75
+    ema_alpha: float = 0.999
+    start_self_training_iter: int = 0  # source-only warm-up before pseudo labels are used
+    pseudo_threshold: float = 0.968
+    pseudo_weight: str = "dacs"      # dacs: one share-of-confident-pixels weight per batch; pixel: mask
+    ignore_top: int = 0              # target rows without pseudo-label weight (GTA5: 15)
+    ignore_bottom: int = 0           # (GTA5: 120)
+    mix: bool = True                 # ClassMix (DACS) cross-entropy on mixed images
+    color_jitter_strength: float = 0.2
+    color_jitter_p: float = 0.8
+    blur_p: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 40000
+    batch_size: int = 2              # source images per step (and as many target images)
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    amp: bool = True                 # bfloat16 autocast on GPU (ignored on CPU)
+    log_interval: int = 50
+    checkpoint_interval: int = 2000
+    keep_checkpoints: int = 3
+    eval_interval: int = 0           # 0: evaluate at the end only
+    run_dir: str = ""                # default: runs/<name>
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(path: str, hint, value):
+    """Convert a TOML value or a --set string to the field's type, or raise naming the field."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[float]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        return _coerce(path, inner, value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)):
+            try:
+                return tuple(float(v) if "." in str(v) or "e" in str(v).lower() else int(v) for v in items)
+            except ValueError:
+                pass
+    kind = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"config field '{path}' must be {kind}, got {value!r}")
+
+
+def _set(cfg: Config, key: str, value) -> None:
+    parts = key.split(".")
+    if parts == ["name"]:
+        cfg.name = _coerce("name", str, value)
+        return
+    sections = {f.name for f in dataclasses.fields(Config) if f.name != "name"}
+    if len(parts) != 2 or parts[0] not in sections:
+        raise ConfigError(f"unknown config key '{key}' (sections: name, {', '.join(sorted(sections))})")
+    section = getattr(cfg, parts[0])
+    hints = typing.get_type_hints(type(section))
+    if parts[1] not in hints:
+        raise ConfigError(f"unknown config key '{key}' ({parts[0]} has: {', '.join(hints)})")
+    setattr(section, parts[1], _coerce(key, hints[parts[1]], value))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.field=value`` strings (the CLI's --set)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set takes section.field=value, got {item!r}")
+        key, value = item.split("=", 1)
+        _set(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def from_dict(data: dict) -> Config:
+    cfg = Config()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                _set(cfg, f"{key}.{sub}", v)
+        else:
+            _set(cfg, key, value)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a TOML config file (sections data, model, optim, method, train), then overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    cfg = from_dict(data)
+    if "name" not in data:
+        cfg.name = path.stem
+    apply_overrides(cfg, list(overrides))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Values that parse but make no sense, named by field."""
+    def choice(key, value, options):
+        if value not in options:
+            raise ConfigError(f"config field '{key}' must be one of {', '.join(options)}, got {value!r}")
+
+    def positive(key, value, zero_ok=False):
+        if value < 0 or (value == 0 and not zero_ok):
+            raise ConfigError(f"config field '{key}' must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+    m, t, o = cfg.method, cfg.train, cfg.optim
+    choice("method.variant", m.variant, VARIANTS)
+    choice("method.covariance", m.covariance, COVARIANCES)
+    choice("method.pseudo_weight", m.pseudo_weight, PSEUDO_WEIGHTS)
+    choice("method.ratio_schedule", m.ratio_schedule, RATIO_SCHEDULES)
+    positive("method.temperature", m.temperature)
+    positive("method.memory_length", m.memory_length, zero_ok=m.variant != "bank")
+    if not 0.0 <= m.ema_alpha < 1.0:
+        raise ConfigError(f"config field 'method.ema_alpha' must be in [0, 1), got {m.ema_alpha!r}")
+    positive("train.max_iters", t.max_iters)
+    positive("train.batch_size", t.batch_size)
+    positive("train.log_interval", t.log_interval)
+    positive("train.checkpoint_interval", t.checkpoint_interval)
+    positive("train.keep_checkpoints", t.keep_checkpoints)
+    positive("train.eval_interval", t.eval_interval, zero_ok=True)
+    positive("optim.lr", o.lr)
+    positive("optim.warmup_iters", o.warmup_iters, zero_ok=True)
+    if len(o.betas) != 2:
+        raise ConfigError(f"config field 'optim.betas' must have two values, got {o.betas!r}")
+    if len(cfg.data.size) != 2:
+        raise ConfigError(f"config field 'data.size' must be (H, W), got {cfg.data.size!r}")
+    positive("model.num_classes", cfg.model.num_classes)
+    positive("model.proj_dim", cfg.model.proj_dim)
+    positive("model.head_channels", cfg.model.head_channels)
+    from sepico.models import MODEL_NAMES
+    choice("model.name", cfg.model.name, MODEL_NAMES)
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+        raise ConfigError(f"config field 'model.pretrained': no file at {cfg.model.pretrained}")

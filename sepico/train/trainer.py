@@ -1,0 +1,333 @@
+"""The SePiCo self-training loop (design section 6) in plain PyTorch.
+
+One iteration: EMA teacher update; one teacher pass (inference mode) over the weak source and
+target images gives the source embeddings that update the class distribution and the target
+pseudo labels; the student learns from the strongly augmented source image (cross-entropy +
+contrastive loss), the strongly augmented target image (contrastive loss with pseudo labels) and
+a ClassMix image (pseudo-weighted cross-entropy); one AdamW step. Each loss is backpropagated as
+soon as it is formed, so at most one student graph is alive at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sepico import losses
+from sepico.estimator import ClassDistributionEstimator
+from sepico.evaluation import evaluate
+from sepico.models import build_model, load_pretrained_encoder
+from sepico.train import augment
+from sepico.train.checkpoint import atomic_save, checkpoint_path, latest_checkpoint, prune_checkpoints
+from sepico.train.config import Config, ConfigError
+from sepico.train.data import BatchStream, build_datasets
+
+IGNORE = 255
+CONTRASTIVE = ("dist", "proto", "bank")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config field 'train.device' is not a device: {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config field 'train.device' asks for cuda but no GPU is available")
+    return device
+
+
+def lr_factor(it: int, max_iters: int, warmup_iters: int, warmup_ratio: float, power: float) -> float:
+    """Polynomial decay with a linear warm-up (mmcv's poly + linear warm-up)."""
+    factor = (1.0 - min(it, max_iters) / max_iters) ** power
+    if it < warmup_iters:
+        factor *= 1.0 - (1.0 - it / warmup_iters) * (1.0 - warmup_ratio)
+    return factor
+
+
+class Trainer:
+    """Builds everything from a `Config`; `train()` runs to `train.max_iters`, resumable."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.train.run_dir or Path("runs") / cfg.name)
+        self.device = resolve_device(cfg.train.device)
+        self.progress = progress
+        m = cfg.method
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation choices
+        self.data = build_datasets(cfg)
+        width = ({"embed_dim": cfg.model.head_channels, "channels": cfg.model.head_channels}
+                 if cfg.model.name.startswith("daformer") else {})
+        self.model = build_model(cfg.model.name, num_classes=cfg.model.num_classes,
+                                 proj_dim=cfg.model.proj_dim, **width).to(self.device)
+        if cfg.model.pretrained:
+            load_pretrained_encoder(self.model, cfg.model.pretrained)
+        self.model.activation_checkpointing = cfg.model.activation_checkpointing
+        self.teacher = copy.deepcopy(self.model).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameter_groups(o.lr, o.head_lr_mult),
+                                           lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, cfg.train.max_iters, o.warmup_iters,
+                                                 o.warmup_ratio, o.power))
+        self.estimator = ClassDistributionEstimator(
+            cfg.model.num_classes, cfg.model.proj_dim, covariance=m.covariance,
+            memory_length=m.memory_length if m.variant == "bank" else 0, device=self.device)
+        self.iteration = 0
+        self._stop_signal = None
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None:
+                raise ConfigError(f"--resume: no checkpoint in {self.run_dir}")
+            self.load_checkpoint(ckpt)
+        self.source = BatchStream(self.data.source, cfg.train.batch_size, seed=cfg.train.seed,
+                                  start=self.iteration, num_workers=cfg.data.num_workers)
+        self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7,
+                                  start=self.iteration, num_workers=cfg.data.num_workers)
+
+    # ------------------------------------------------------------------ one iteration
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.train.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        """EMA with alpha = min(1 - 1 / (t + 1), ema_alpha): the teacher starts as a copy."""
+        alpha = min(1.0 - 1.0 / (self.iteration + 1), self.cfg.method.ema_alpha)
+        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
+            t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+        for t, s in zip(self.teacher.buffers(), self.model.buffers()):
+            if t.is_floating_point():
+                t.mul_(alpha).add_(s, alpha=1.0 - alpha)
+            else:
+                t.copy_(s)
+
+    def _contrastive(self, feat, label):
+        m = self.cfg.method
+        opts = dict(temperature=m.temperature, use_avg_pool=m.use_avg_pool,
+                    scale_min_ratio=m.scale_min_ratio, num_classes=self.cfg.model.num_classes,
+                    reg_weight=m.reg_weight)
+        est = self.estimator
+        if m.variant == "dist":
+            ratio = m.ratio * (self.iteration / self.cfg.train.max_iters if m.ratio_schedule == "linear" else 1.0)
+            loss = losses.dist_contrastive_loss(feat, label, est.mean, est.cov, ratio=ratio, **opts)
+        elif m.variant == "proto":
+            loss = losses.proto_contrastive_loss(feat, label, est.mean, **opts)
+        else:
+            loss = losses.bank_contrastive_loss(feat, label, est.bank, mean=est.mean, **opts)
+        return m.contrast_weight * loss
+
+    def _update_distribution(self, emb, label) -> None:
+        m = self.cfg.method
+        small = losses.labels_at_feature_resolution(
+            label, emb.shape[-2:], use_avg_pool=m.use_avg_pool, scale_min_ratio=m.scale_min_ratio,
+            num_classes=self.cfg.model.num_classes)
+        feats = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+        self.estimator.update(feats, small.reshape(-1))
+
+    def step(self) -> dict:
+        cfg, m = self.cfg, self.cfg.method
+        it = self.iteration
+        src_img, src_lbl = (t.to(self.device) for t in self.source.next())
+        tgt_img, _ = (t.to(self.device) for t in self.target.next())
+        self.update_teacher()
+        batch = src_img.shape[0]
+        contrastive = m.variant in CONTRASTIVE
+        self_training = m.variant != "source_only" and it >= m.start_self_training_iter
+        contrast_now = contrastive and it >= m.start_distribution_iter
+        log = {}
+
+        # Teacher: one pass over the weak source and target images.
+        if contrastive or self_training:
+            with torch.inference_mode(), self._autocast():
+                t_logits, t_emb = self.teacher(augment.normalize(torch.cat([src_img, tgt_img])))
+            t_logits, t_emb = t_logits.clone(), t_emb.clone()  # plain tensors from here on
+            if contrastive:  # source embeddings only: target features never enter the statistics
+                self._update_distribution(t_emb[:batch], src_lbl)
+            if self_training:
+                pl, pw = augment.pseudo_labels(t_logits[batch:], tgt_img.shape[-2:],
+                                               threshold=m.pseudo_threshold, mode=m.pseudo_weight,
+                                               ignore_top=m.ignore_top, ignore_bottom=m.ignore_bottom)
+                log["pseudo_weight"] = pw.mean().item()
+
+        strong = dict(strength=m.color_jitter_strength, jitter_p=m.color_jitter_p, blur_p=m.blur_p,
+                      gen=self.gen)
+        # Student, source: cross-entropy (+ contrastive).
+        with self._autocast():
+            logits, emb = self.model(augment.normalize(augment.strong_augment(src_img, **strong)))
+            loss = F.cross_entropy(self._upsample(logits, src_lbl), src_lbl, ignore_index=IGNORE)
+        log["loss_ce"] = loss.item()
+        if contrast_now:
+            cl = self._contrastive(emb, src_lbl)
+            log["loss_cl_src"] = cl.item()
+            loss = loss + cl
+        loss.backward()
+
+        # Student, target: contrastive loss with pseudo labels (zero-weight pixels ignored).
+        if contrast_now and self_training:
+            with self._autocast():
+                _, emb = self.model(augment.normalize(augment.strong_augment(tgt_img, **strong)))
+            cl = self._contrastive(emb, torch.where(pw > 0, pl, IGNORE))
+            log["loss_cl_tgt"] = cl.item()
+            cl.backward()
+
+        # ClassMix: source classes pasted on the target, pseudo-weighted cross-entropy.
+        if self_training and m.mix:
+            masks = augment.class_mix_masks(src_lbl, self.gen)
+            mixed = augment.strong_augment(augment.mix(masks, src_img, tgt_img), **strong)
+            mixed_lbl = augment.mix(masks, src_lbl, pl)
+            mixed_w = torch.where(masks, torch.ones_like(pw), pw)
+            with self._autocast():
+                logits = self.model.predict_logits(augment.normalize(mixed))
+                ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl,
+                                     ignore_index=IGNORE, reduction="none")
+            mix_loss = (ce * mixed_w).mean()
+            log["loss_mix"] = mix_loss.item()
+            mix_loss.backward()
+
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.iteration += 1
+        log["lr"] = self.optimizer.param_groups[0]["lr"]
+        return log
+
+    @staticmethod
+    def _upsample(logits, label):
+        return F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "estimator": self.estimator.state_dict(),
+            "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def save_checkpoint(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = checkpoint_path(self.run_dir, self.iteration)
+        atomic_save(self.state_dict(), path)
+        prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.estimator.load_state_dict(state["estimator"])
+        rng = state["rng"]
+        self.gen.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.iteration = int(state["iteration"])
+
+    # ------------------------------------------------------------------ the run
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def _metrics_file(self):
+        """metrics.jsonl, without lines from beyond the checkpoint a resumed run starts from."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            keep = [line for line in path.read_text().splitlines()
+                    if line and json.loads(line).get("iteration", 0) <= self.iteration]
+            path.write_text("".join(line + "\n" for line in keep))
+        return open(path, "a")
+
+    def train(self) -> dict:
+        """Run to max_iters; checkpoint every K iterations, at the end and on SIGINT / SIGTERM."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = _progress(cfg.train.max_iters, self.iteration, self.progress)
+        result = {}
+        try:
+            with self._metrics_file() as metrics, open(self.run_dir / "train.log", "a") as logf:
+                logf.write(f"start at iteration {self.iteration} on {self.device}\n")
+                start, first = time.perf_counter(), self.iteration
+                while self.iteration < cfg.train.max_iters:
+                    log = self.step()
+                    speed = (self.iteration - first) / max(time.perf_counter() - start, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()} | {"mem": _memory(self.device)},
+                                    refresh=False)
+                    if self.iteration % cfg.train.log_interval == 0 or self.iteration == cfg.train.max_iters:
+                        record = {"iteration": self.iteration, "it_per_s": speed, **log}
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                        logf.write(json.dumps(record) + "\n")
+                        logf.flush()
+                    if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0:
+                        ev = self.evaluate()
+                        metrics.write(json.dumps({"iteration": self.iteration, "miou": ev["miou"]}) + "\n")
+                    if self.iteration % cfg.train.checkpoint_interval == 0:
+                        self.save_checkpoint()
+                    if self._stop_signal is not None:
+                        path = self.save_checkpoint()
+                        logf.write(f"signal {self._stop_signal}: checkpoint {path.name}, exiting\n")
+                        raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at iteration "
+                                                f"{self.iteration}; checkpoint {path}")
+                self.save_checkpoint()
+                result = self.evaluate()
+                (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+                logf.write(f"done: mIoU {result['miou']:.2f}\n")
+        finally:
+            bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return result
+
+    def evaluate(self, model=None) -> dict:
+        return evaluate(model or self.model, self.data.target_test, num_classes=self.cfg.model.num_classes,
+                        classes=self.data.eval_classes, device=self.device,
+                        batch_size=max(1, self.cfg.train.batch_size))
+
+
+def _progress(total, initial, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def _memory(device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}G"
+    with open("/proc/self/status") as f:
+        rss = next((line.split()[1] for line in f if line.startswith("VmRSS:")), "0")
+    return f"{int(rss) / 2**20:.1f}G"
+
+
+__all__ = ["Trainer", "lr_factor", "resolve_device"]

@@ -1,0 +1,228 @@
+"""The self-training loop end to end on tiny synthetic scenes, resume, signals and its pieces."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sepico.train import Trainer, augment
+from sepico.train.checkpoint import latest_checkpoint, list_checkpoints
+from sepico.train.config import Config, ConfigError, apply_overrides, from_dict, load_config, validate
+from sepico.train.trainer import lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(variant="dist", model="deeplabv2_r18", **method) -> Config:
+    cfg = from_dict({
+        "name": "tiny",
+        "data": {"size": [64, 128], "train_length": 12, "test_length": 4},
+        "model": {"name": model, "proj_dim": 16, "head_channels": 32},
+        "optim": {"lr": 1e-3, "warmup_iters": 2},
+        "method": {"variant": variant, "start_distribution_iter": 1, "temperature": 0.1,
+                   "memory_length": 3, **method},
+        "train": {"max_iters": 3, "batch_size": 2, "log_interval": 1, "checkpoint_interval": 2},
+    })
+    validate(cfg)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("variant,model,extra", [
+    ("dist", "deeplabv2_r18", {}),
+    ("dist", "daformer_mit_b0", {"covariance": "full"}),
+    ("proto", "deeplabv2_r18", {}),
+    ("bank", "daformer_mit_b0", {}),
+    ("self_training", "deeplabv2_r18", {"pseudo_weight": "pixel", "ignore_top": 3}),
+    ("source_only", "daformer_mit_b0", {}),
+])
+def test_every_variant_trains_end_to_end(tmp_path, variant, model, extra):
+    trainer = Trainer(tiny_config(variant, model, **extra), tmp_path, progress=False)
+    result = trainer.train()
+    assert trainer.iteration == 3 and 0.0 <= result["miou"] <= 100.0
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    last = eval(lines[-1].replace("null", "None"))  # noqa: S307 - our own JSON numbers
+    for key in ("loss_ce", "lr"):
+        assert key in last and last[key] == last[key]  # present and not NaN
+    assert ("loss_cl_src" in last) == (variant in ("dist", "proto", "bank"))
+    assert ("loss_mix" in last) == (variant != "source_only")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000002.pt", "ckpt_00000003.pt"]
+    if variant in ("dist", "proto", "bank"):
+        assert trainer.estimator.count.sum() > 0
+
+
+def _state(trainer):
+    return {"model": trainer.model.state_dict(), "teacher": trainer.teacher.state_dict(),
+            "estimator": trainer.estimator.state_dict(),
+            "optim": trainer.optimizer.state_dict()["state"]}
+
+
+def _assert_same(a, b, path=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{path} differs"
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("variant", ["dist", "bank"])
+def test_resume_is_bit_exact(tmp_path, variant):
+    cfg = tiny_config(variant)
+    cfg.train.max_iters = 4
+    straight = Trainer(cfg, tmp_path / "straight", progress=False)
+    straight.train()
+    first = Trainer(cfg, tmp_path / "split", progress=False)
+    for _ in range(2):
+        first.step()
+    first.save_checkpoint()
+    resumed = Trainer(cfg, tmp_path / "split", resume=True, progress=False)
+    assert resumed.iteration == 2
+    resumed.train()
+    _assert_same(_state(straight), _state(resumed))
+
+
+def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
+    cfg_file = tmp_path / "tiny.toml"
+    cfg_file.write_text(
+        'name = "tiny"\n[data]\nsize = [64, 128]\ntrain_length = 12\ntest_length = 2\n'
+        '[model]\nname = "deeplabv2_r18"\nproj_dim = 16\n'
+        '[method]\nvariant = "dist"\nstart_distribution_iter = 1\n'
+        '[train]\nmax_iters = 500\nbatch_size = 1\ncheckpoint_interval = 2\nlog_interval = 1\n')
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sepico.cli", "train", str(cfg_file), "--no-progress",
+           "--set", f"train.run_dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "ckpt_00000002.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "stopped by signal" in err
+    last = latest_checkpoint(run)
+    stopped_at = int(last.stem.split("_")[1])
+    assert stopped_at >= 2 and not list(run.glob(".*.tmp"))
+    state = torch.load(last, weights_only=False)
+    assert state["iteration"] == stopped_at
+    done = subprocess.run(cmd + ["--resume", str(run), "--set", f"train.max_iters={stopped_at + 1}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert latest_checkpoint(run).name == f"ckpt_{stopped_at + 1:08d}.pt"
+    iterations = [eval(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: S307
+    assert iterations == list(range(1, stopped_at + 2))  # no duplicate lines after the resume
+
+
+def test_ema_update_rule(tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path, progress=False)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    before = [t.clone() for t in trainer.teacher.parameters()]
+    trainer.iteration = 9  # alpha = min(1 - 1/10, 0.999) = 0.9
+    trainer.update_teacher()
+    for t, b, s in zip(trainer.teacher.parameters(), before, trainer.model.parameters()):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
+    trainer.iteration = 0  # alpha = 0: the teacher becomes a copy of the student
+    trainer.update_teacher()
+    for t, s in zip(trainer.teacher.parameters(), trainer.model.parameters()):
+        assert torch.equal(t, s)
+
+
+def test_class_mix_masks_take_half_the_classes():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 3], [4, 4, 4, 4]]])
+    mask = augment.class_mix_masks(labels, gen)
+    chosen = torch.unique(labels[mask])
+    assert len(chosen) == 3  # 5 classes present: half, rounded up
+    assert not mask[labels == 255].any()
+    assert torch.equal(mask, torch.isin(labels, chosen))
+    src = torch.zeros(1, 3, 3, 4)
+    tgt = torch.ones(1, 3, 3, 4)
+    mixed = augment.mix(mask, src, tgt)
+    assert torch.equal(mixed[0, 0] == 0, mask[0])
+    assert torch.equal(augment.mix(mask, labels, torch.full_like(labels, 7)), torch.where(mask, labels, 7))
+
+
+def test_pseudo_labels_and_weights():
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[0, 1, :2] = 10.0  # top half confident in class 1
+    labels, w = augment.pseudo_labels(logits, (4, 4), threshold=0.968, mode="dacs")
+    assert torch.equal(labels[0, :2], torch.ones(2, 4, dtype=torch.long))
+    assert torch.allclose(w, torch.full_like(w, 0.5))  # half the pixels are confident
+    labels, w = augment.pseudo_labels(logits, (4, 4), threshold=0.968, mode="pixel", ignore_top=1)
+    assert w[0, 0].sum() == 0 and w[0, 1].sum() == 4 and w[0, 2:].sum() == 0
+
+
+def test_estimator_is_fed_teacher_source_embeddings_only(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(), tmp_path, progress=False)
+    seen = []
+    original = trainer.estimator.update
+    monkeypatch.setattr(trainer.estimator, "update", lambda f, l, **k: (seen.append((f.clone(), l.clone())), original(f, l, **k)))
+    probe = Trainer(tiny_config(), tmp_path / "probe", progress=False)
+    images, labels = probe.source.next()
+    trainer.step()
+    assert len(seen) == 1
+    feats, lbl = seen[0]
+    with torch.no_grad():
+        trainer.teacher.eval()
+        _, emb = trainer.teacher(augment.normalize(images))
+    # The teacher was updated (EMA) at the start of the step, before embedding; it has not
+    # changed since (the optimiser only moves the student), so embedding again reproduces it.
+    expected = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+    torch.testing.assert_close(feats, expected)
+    assert lbl.shape[0] == feats.shape[0]
+
+
+def test_learning_rate_schedule():
+    assert lr_factor(0, 100, 10, 1e-6, 1.0) == pytest.approx(1e-6)
+    assert lr_factor(5, 100, 10, 1e-6, 1.0) == pytest.approx(0.95 * (0.5 + 0.5e-6))
+    assert lr_factor(10, 100, 10, 1e-6, 1.0) == pytest.approx(0.9)
+    assert lr_factor(100, 100, 10, 1e-6, 1.0) == 0.0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr'"),
+    ("optim.lr=fast", "config field 'optim.lr' must be float"),
+    ("method.variant=magic", "config field 'method.variant' must be one of"),
+    ("train.max_iters=0", "config field 'train.max_iters' must be > 0"),
+    ("data.source=gta6", "config field 'data.source' must be one of"),
+    ("model.pretrained=/no/such/file.pth", "config field 'model.pretrained': no file"),
+])
+def test_bad_configuration_is_one_clear_line(tmp_path, override, message):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[train]\nmax_iters = 2\n')
+    proc = subprocess.run([sys.executable, "-m", "sepico.cli", "train", str(cfg_file), "--set", override,
+                           "--set", f"train.run_dir={tmp_path / 'run'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no traceback
+    assert message in proc.stderr
+
+
+def test_config_file_and_overrides(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[optim]\nlr = 0.01\nbetas = [0.8, 0.9]\n[method]\nvariant = "proto"\n')
+    cfg = load_config(cfg_file, ["method.temperature=0.5", "train.amp=false"])
+    assert cfg.name == "c" and cfg.optim.lr == 0.01 and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.method.variant == "proto" and cfg.method.temperature == 0.5 and cfg.train.amp is False
+    with pytest.raises(ConfigError, match="--set takes section.field=value"):
+        apply_overrides(Config(), ["optim.lr"])
