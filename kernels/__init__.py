@@ -8,8 +8,8 @@ the real kernels on CPU tensors through the Triton interpreter.
 """
 from ._dispatch import backend, interpreting, requested_backend
 from .contrastive import dist_contrastive_loss
-from .distribution import update_class_distribution
+from .distribution import merge_class_moments, update_class_distribution
 from .moments import class_moments
 
 __all__ = ["backend", "class_moments", "dist_contrastive_loss", "interpreting",
-           "requested_backend", "update_class_distribution"]
+           "merge_class_moments", "requested_backend", "update_class_distribution"]

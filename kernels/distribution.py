@@ -112,6 +112,19 @@ def _merge_torch(count, mean, cov, n_b, batch_mean, centred):
     return total, new_mean, new_cov
 
 
+def _check_running(count, mean, cov, dim):
+    if not isinstance(count, torch.Tensor):
+        raise TypeError(f"count must be a torch.Tensor, got {type(count).__name__}")
+    check_stats(mean, cov, None, dim)
+    if cov is None:
+        raise ValueError("cov is required: [C, D] (diagonal) or [C, D, D] (full)")
+    if count.shape != (mean.shape[0],):
+        raise ValueError(f"count must have shape [{mean.shape[0]}] to match mean, got {tuple(count.shape)}")
+    for name, t in (("count", count), ("mean", mean), ("cov", cov)):
+        if t.dtype not in (torch.float32, torch.float64) or t.dtype != mean.dtype:
+            raise TypeError(f"{name} must be float32 or float64 like mean ({mean.dtype}), got {t.dtype}")
+
+
 def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=255):
     """Merge a batch's per-class mean and covariance into running statistics.
 
@@ -127,17 +140,8 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
     """
     check_feats(feats)
     check_labels(labels, feats.shape[0])
-    if not isinstance(count, torch.Tensor):
-        raise TypeError(f"count must be a torch.Tensor, got {type(count).__name__}")
-    check_stats(mean, cov, None, feats.shape[1])
-    if cov is None:
-        raise ValueError("cov is required: [C, D] (diagonal) or [C, D, D] (full)")
+    _check_running(count, mean, cov, feats.shape[1])
     num_classes, dim = mean.shape
-    if count.shape != (num_classes,):
-        raise ValueError(f"count must have shape [{num_classes}] to match mean, got {tuple(count.shape)}")
-    for name, t in (("count", count), ("mean", mean), ("cov", cov)):
-        if t.dtype not in (torch.float32, torch.float64) or t.dtype != mean.dtype:
-            raise TypeError(f"{name} must be float32 or float64 like mean ({mean.dtype}), got {t.dtype}")
     full = cov.dim() == 3
     check_dim(dim, full)
     check_same_device(count=count, mean=mean, cov=cov, feats=feats, labels=labels)
@@ -153,3 +157,36 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
                           second_mode=FULL if full else DIAG)
     merge = _merge_triton if on_triton else _merge_torch
     return merge(count, mean, cov, n_b, batch_mean, centred.to(mean.dtype))
+
+
+def merge_class_moments(count, mean, cov, batch_count, batch_total, batch_second, *, shift=None):
+    """Merge batch moments (``kernels.class_moments``, possibly summed over processes) into
+    running statistics with the same count-weighted rule as `update_class_distribution`.
+
+    ``batch_total`` and ``batch_second`` are sums of ``z - shift[y]`` and of its squares (or outer
+    products); ``shift`` [C, D] is the offset they were taken with (None: zero). The batch mean is
+    ``shift + total / n`` and the centred second moment ``second - n d d^T`` with ``d = total / n``:
+    a one-pass formula, exact to rounding when the shift is near the class means (the running
+    means are). Returns new ``(count, mean, cov)``.
+    """
+    _check_running(count, mean, cov, mean.shape[1])
+    full = cov.dim() == 3
+    want = (mean.shape[0], mean.shape[1], mean.shape[1]) if full else tuple(mean.shape)
+    if batch_count.shape != count.shape or batch_total.shape != mean.shape or batch_second.shape != want:
+        raise ValueError(f"batch moments must have shapes {tuple(count.shape)}, {tuple(mean.shape)}, "
+                         f"{want}; got {tuple(batch_count.shape)}, {tuple(batch_total.shape)}, "
+                         f"{tuple(batch_second.shape)}")
+    check_same_device(count=count, mean=mean, cov=cov, batch_count=batch_count,
+                      batch_total=batch_total, batch_second=batch_second, shift=shift)
+    dtype = mean.dtype
+    n_b = batch_count.to(dtype)
+    d = batch_total.to(dtype) / n_b.clamp(min=1.0)[:, None]
+    batch_mean = d if shift is None else shift.to(dtype) + d
+    if full:
+        centred = batch_second.to(dtype) - n_b[:, None, None] * d[:, :, None] * d[:, None, :]
+    else:
+        centred = (batch_second.to(dtype) - n_b[:, None] * d * d).clamp(min=0.0)
+    on_triton = resolve_backend(mean) == "triton"
+    merge = _merge_triton if on_triton else _merge_torch
+    return merge(count.contiguous(), mean.contiguous(), cov.contiguous(), n_b.contiguous(),
+                 batch_mean.contiguous(), centred.contiguous())

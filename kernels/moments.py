@@ -186,7 +186,7 @@ def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with
     return total, second
 
 
-def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="diag"):
+def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="diag", shift=None):
     """Per-class pixel counts, sums and second moments of a batch.
 
     Args:
@@ -195,6 +195,9 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         num_classes: C, from 1 to 256.
         covariance: ``"diag"`` for sums of squares [C, D], ``"full"`` for sums of outer products
             [C, D, D].
+        shift: optional [C, D] per-class offset: the moments are those of ``z - shift[y]``. With
+            a shift near the class means (the running means, say) the second moments stay exact
+            enough to give covariances; moments from several processes still add up.
 
     Returns:
         ``(count, total, second)``: count [C] float32, total [C, D], second [C, D] or [C, D, D],
@@ -208,10 +211,20 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
     check_labels(labels, feats.shape[0])
     full = covariance == "full"
     check_dim(feats.shape[1], full)
-    check_same_device(feats=feats, labels=labels)
+    check_same_device(feats=feats, labels=labels, shift=shift)
+    if shift is not None:
+        if not isinstance(shift, torch.Tensor) or not shift.is_floating_point():
+            raise TypeError("shift must be a floating-point torch.Tensor [C, D] or None")
+        if shift.shape != (num_classes, feats.shape[1]):
+            raise ValueError(f"shift must have shape [{num_classes}, {feats.shape[1]}], got {tuple(shift.shape)}")
     check_label_range(labels, num_classes, ignore_index)
     order, bounds = sort_by_class(labels, num_classes, ignore_index)
     count = (bounds[1:] - bounds[:-1]).to(torch.float32)
-    impl = moment_partials_triton if resolve_backend(feats) == "triton" else moment_partials_torch
-    total, second = impl(feats, order, bounds, num_classes, second_mode=FULL if full else DIAG)
+    on_triton = resolve_backend(feats) == "triton"
+    impl = moment_partials_triton if on_triton else moment_partials_torch
+    if shift is not None:
+        acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
+        shift = shift.to(acc).contiguous()
+    total, second = impl(feats, order, bounds, num_classes, shift=shift,
+                         second_mode=FULL if full else DIAG)
     return count, total, second

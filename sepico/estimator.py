@@ -113,18 +113,26 @@ class ClassDistributionEstimator:
     # ------------------------------------------------------------------ update
 
     @torch.no_grad()
-    def update(self, feats: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = 255) -> None:
+    def update(self, feats: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = 255,
+               group=None) -> None:
         """Merge a batch of pixel embeddings into the statistics (and the bank).
 
         Args:
             feats: [N, D] embeddings (float32, float16, bfloat16, or float64 on the torch
                 backend); no gradient flows into the statistics.
             labels: [N] int64 or int32 class ids in [0, C) or ``ignore_index`` (dropped).
+            group: a ``torch.distributed`` process group to synchronise over (every process
+                passes its own pixels). One ``all_reduce`` of the batch moments, C x (1 + 2D)
+                numbers (diagonal) or C x (1 + D + D^2) (full), never the pixels, leaves every
+                process with the same statistics and bank as one update over all their pixels.
         """
         if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or feats.shape[1] != self.dim:
             shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise ValueError(f"feats must have shape [N, {self.dim}], got {shape}")
         feats = feats.detach()
+        if group is not None:
+            self._update_synchronised(feats, labels, ignore_index, group)
+            return
         count, mean, cov = kernels.update_class_distribution(
             self._count, self._mean, self._cov, feats, labels, ignore_index=ignore_index)
         if self._memory_length > 0:
@@ -132,6 +140,25 @@ class ClassDistributionEstimator:
                                                   ignore_index=ignore_index)
             batch_mean = (total / n_b.clamp(min=1).to(total.dtype)[:, None]).to(self.dtype)
             self._push_bank(n_b > 0, batch_mean)
+        self._count, self._mean, self._cov = count, mean, cov
+
+    def _update_synchronised(self, feats, labels, ignore_index, group) -> None:
+        import torch.distributed as dist
+
+        # Moments of z - mean[y] (the running means, equal on every process): they add across
+        # processes, and the shift keeps the one-pass covariance free of cancellation.
+        n_b, total, second = kernels.class_moments(feats, labels, self.num_classes,
+                                                   ignore_index=ignore_index,
+                                                   covariance=self._covariance, shift=self._mean)
+        flat = torch.cat([n_b.to(self.dtype), total.to(self.dtype).flatten(),
+                          second.to(self.dtype).flatten()])
+        dist.all_reduce(flat, group=group)
+        c, d = self.num_classes, self.dim
+        n_b, total, second = flat[:c], flat[c:c + c * d].view(c, d), flat[c + c * d:].view(second.shape)
+        count, mean, cov = kernels.merge_class_moments(self._count, self._mean, self._cov,
+                                                       n_b, total, second, shift=self._mean)
+        if self._memory_length > 0:
+            self._push_bank(n_b > 0, self._mean + total / n_b.clamp(min=1)[:, None])
         self._count, self._mean, self._cov = count, mean, cov
 
     def _push_bank(self, present: torch.Tensor, batch_mean: torch.Tensor) -> None:

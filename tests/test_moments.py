@@ -123,3 +123,41 @@ def test_update_float64_on_torch_path():
     assert all(o.dtype == torch.float64 for o in out)
     for ours, truth in zip(out, ref):
         assert rel_error(ours, truth) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_shifted_moments_match_reference(backend, kind):
+    gen, feats, labels = _inputs(777, 40, 19, torch.float32, 0.2, seed=5)
+    shift = torch.randn(19, 40, generator=gen)
+    with kernels.backend(backend):
+        count, total, second = kernels.class_moments(feats, labels, 19, covariance=kind, shift=shift)
+    valid = labels != 255
+    shifted = feats.double().clone()
+    shifted[valid] -= shift.double()[labels[valid]]
+    ref = class_moments_reference(shifted, labels, 19, covariance=kind)
+    assert torch.equal(count, ref[0].float())
+    assert_parity(total, ref[1], torch.float32, what="class_moments total (shifted)")
+    assert_parity(second, ref[2], torch.float32, what=f"class_moments second {kind} (shifted)")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_merge_of_moments_summed_over_parts_matches_update(backend, kind):
+    """What distributed training does: shifted moments of two shards, summed, then merged."""
+    gen, feats, labels = _inputs(1500, 24, 7, torch.float32, 0.2, seed=6)
+    mean, cov = make_stats(7, 24, gen, full=kind == "full")
+    count = torch.rand(7, generator=gen) * 1000
+    count[2] = 0
+    with kernels.backend(backend):
+        parts = [kernels.class_moments(feats[s], labels[s], 7, covariance=kind, shift=mean)
+                 for s in (slice(0, 600), slice(600, None))]
+        summed = [a + b for a, b in zip(*parts)]
+        out = kernels.merge_class_moments(count, mean, cov, *summed, shift=mean)
+    ref = update_class_distribution_reference(count.double(), mean.double(), cov.double(),
+                                              feats.double(), labels)
+    assert torch.equal(out[0], ref[0].float())
+    assert_parity(out[1], ref[1], torch.float32, what="merge_class_moments mean")
+    assert_parity(out[2], ref[2], torch.float32, what=f"merge_class_moments cov {kind}")
+    with pytest.raises(ValueError, match="batch moments must have shapes"):
+        kernels.merge_class_moments(count, mean, cov, summed[0], summed[1][:, :3], summed[2])

@@ -226,3 +226,26 @@ def test_config_file_and_overrides(tmp_path):
     assert cfg.method.variant == "proto" and cfg.method.temperature == 0.5 and cfg.train.amp is False
     with pytest.raises(ConfigError, match="--set takes section.field=value"):
         apply_overrides(Config(), ["optim.lr"])
+
+
+def test_cli_eval_and_info(tmp_path):
+    trainer = Trainer(tiny_config("source_only"), tmp_path, progress=False)
+    trainer.step()
+    ckpt = trainer.save_checkpoint()
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "sepico.cli", "eval", str(ckpt), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["iteration"] == 1 and 0.0 <= result["miou"] <= 100.0
+    assert set(result["iou"]) == {str(c) for c in trainer.data.eval_classes}
+    direct = trainer.evaluate()
+    assert result["miou"] == pytest.approx(direct["miou"])
+    info = subprocess.run([sys.executable, "-m", "sepico.cli", "info"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "KERNELS_BACKEND": "torch"})
+    assert info.returncode == 0 and "kernel_backend_requested   torch" in info.stdout
+    missing = subprocess.run([sys.executable, "-m", "sepico.cli", "eval", str(tmp_path / "none.pt")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr

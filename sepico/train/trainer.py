@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import random
 import signal
 import time
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from sepico import losses
 from sepico.estimator import ClassDistributionEstimator
@@ -34,16 +37,29 @@ IGNORE = 255
 CONTRASTIVE = ("dist", "proto", "bank")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"config field 'train.device' is not a device: {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config field 'train.device' asks for cuda but no GPU is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # one GPU per process under torchrun
     return device
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank). Under torchrun (WORLD_SIZE > 1) this joins the process
+    group: nccl on GPUs, gloo on CPU. A single process returns (0, 1, 0) and joins nothing."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def lr_factor(it: int, max_iters: int, warmup_iters: int, warmup_ratio: float, power: float) -> float:
@@ -61,13 +77,19 @@ class Trainer:
                  progress: bool = True):
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.run_dir or Path("runs") / cfg.name)
-        self.device = resolve_device(cfg.train.device)
-        self.progress = progress
+        self.rank, self.world, local_rank = init_distributed()
+        self.group = dist.group.WORLD if self.world > 1 else None
+        self.device = resolve_device(cfg.train.device, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.progress = progress and self.rank == 0
         m = cfg.method
+        # The same seed everywhere gives every rank the same initial weights; data and
+        # augmentation draw from per-rank seeds.
         torch.manual_seed(cfg.train.seed)
-        random.seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
-        self.gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation choices
+        random.seed(cfg.train.seed + self.rank)
+        np.random.seed(cfg.train.seed + self.rank)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed + 1 + 7919 * self.rank)
         self.data = build_datasets(cfg)
         width = ({"embed_dim": cfg.model.head_channels, "channels": cfg.model.head_channels}
                  if cfg.model.name.startswith("daformer") else {})
@@ -76,6 +98,14 @@ class Trainer:
         if cfg.model.pretrained:
             load_pretrained_encoder(self.model, cfg.model.pretrained)
         self.model.activation_checkpointing = cfg.model.activation_checkpointing
+        # The student behind DDP (gradients averaged over ranks); buffers (BatchNorm statistics)
+        # are broadcast from rank 0 after each step instead, so that the EMA teacher, which
+        # averages them too, stays identical on every rank.
+        self.net = self.model
+        if self.world > 1:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
         self.teacher = copy.deepcopy(self.model).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -95,9 +125,10 @@ class Trainer:
             if ckpt is None:
                 raise ConfigError(f"--resume: no checkpoint in {self.run_dir}")
             self.load_checkpoint(ckpt)
-        self.source = BatchStream(self.data.source, cfg.train.batch_size, seed=cfg.train.seed,
+        shard = 1_000_003 * self.rank  # distinct data order per rank
+        self.source = BatchStream(self.data.source, cfg.train.batch_size, seed=cfg.train.seed + shard,
                                   start=self.iteration, num_workers=cfg.data.num_workers)
-        self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7,
+        self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7 + shard,
                                   start=self.iteration, num_workers=cfg.data.num_workers)
 
     # ------------------------------------------------------------------ one iteration
@@ -140,7 +171,21 @@ class Trainer:
             label, emb.shape[-2:], use_avg_pool=m.use_avg_pool, scale_min_ratio=m.scale_min_ratio,
             num_classes=self.cfg.model.num_classes)
         feats = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
-        self.estimator.update(feats, small.reshape(-1))
+        self.estimator.update(feats, small.reshape(-1), group=self.group)
+
+    def _pass(self, last: bool):
+        """Forward + backward of one student pass: gradients are averaged over ranks once, in
+        the iteration's last pass; earlier passes accumulate locally."""
+        if self.world > 1 and not last:
+            return self.net.no_sync()
+        return contextlib.nullcontext()
+
+    def _tie(self, loss, *unused):
+        """Under DDP every parameter must take part in the synchronised pass: add the outputs a
+        loss does not use with weight 0 (no effect on any gradient)."""
+        if self.world == 1:
+            return loss
+        return loss + sum(0.0 * t.float().sum() for t in unused)
 
     def step(self) -> dict:
         cfg, m = self.cfg, self.cfg.method
@@ -169,45 +214,70 @@ class Trainer:
 
         strong = dict(strength=m.color_jitter_strength, jitter_p=m.color_jitter_p, blur_p=m.blur_p,
                       gen=self.gen)
+        target_pass = contrast_now and self_training
+        mix_pass = self_training and m.mix
         # Student, source: cross-entropy (+ contrastive).
-        with self._autocast():
-            logits, emb = self.model(augment.normalize(augment.strong_augment(src_img, **strong)))
-            loss = F.cross_entropy(self._upsample(logits, src_lbl), src_lbl, ignore_index=IGNORE)
-        log["loss_ce"] = loss.item()
-        if contrast_now:
-            cl = self._contrastive(emb, src_lbl)
-            log["loss_cl_src"] = cl.item()
-            loss = loss + cl
-        loss.backward()
+        with self._pass(last=not (target_pass or mix_pass)):
+            with self._autocast():
+                logits, emb = self.net(augment.normalize(augment.strong_augment(src_img, **strong)))
+                loss = F.cross_entropy(self._upsample(logits, src_lbl), src_lbl, ignore_index=IGNORE)
+            log["loss_ce"] = loss.item()
+            if contrast_now:
+                cl = self._contrastive(emb, src_lbl)
+                log["loss_cl_src"] = cl.item()
+                loss = loss + cl
+            else:
+                loss = self._tie(loss, emb)
+            loss.backward()
 
         # Student, target: contrastive loss with pseudo labels (zero-weight pixels ignored).
-        if contrast_now and self_training:
-            with self._autocast():
-                _, emb = self.model(augment.normalize(augment.strong_augment(tgt_img, **strong)))
-            cl = self._contrastive(emb, torch.where(pw > 0, pl, IGNORE))
-            log["loss_cl_tgt"] = cl.item()
-            cl.backward()
+        if target_pass:
+            with self._pass(last=not mix_pass):
+                with self._autocast():
+                    logits, emb = self.net(augment.normalize(augment.strong_augment(tgt_img, **strong)))
+                cl = self._contrastive(emb, torch.where(pw > 0, pl, IGNORE))
+                log["loss_cl_tgt"] = cl.item()
+                self._tie(cl, logits).backward()
 
         # ClassMix: source classes pasted on the target, pseudo-weighted cross-entropy.
-        if self_training and m.mix:
+        if mix_pass:
             masks = augment.class_mix_masks(src_lbl, self.gen)
             mixed = augment.strong_augment(augment.mix(masks, src_img, tgt_img), **strong)
             mixed_lbl = augment.mix(masks, src_lbl, pl)
             mixed_w = torch.where(masks, torch.ones_like(pw), pw)
-            with self._autocast():
-                logits = self.model.predict_logits(augment.normalize(mixed))
-                ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl,
-                                     ignore_index=IGNORE, reduction="none")
-            mix_loss = (ce * mixed_w).mean()
-            log["loss_mix"] = mix_loss.item()
-            mix_loss.backward()
+            with self._pass(last=True):
+                with self._autocast():
+                    if self.world > 1:
+                        logits, emb = self.net(augment.normalize(mixed))
+                    else:  # one process: skip the projection head
+                        logits, emb = self.model.predict_logits(augment.normalize(mixed)), None
+                    ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl,
+                                         ignore_index=IGNORE, reduction="none")
+                mix_loss = (ce * mixed_w).mean()
+                log["loss_mix"] = mix_loss.item()
+                self._tie(mix_loss, emb).backward()
 
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.world > 1:
+            self._broadcast_buffers()
         self.iteration += 1
         log["lr"] = self.optimizer.param_groups[0]["lr"]
         return log
+
+    def _broadcast_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics to every rank, one flat tensor per dtype."""
+        by_dtype = {}
+        for b in self.model.buffers():
+            by_dtype.setdefault(b.dtype, []).append(b)
+        for buffers in by_dtype.values():
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            dist.broadcast(flat, 0)
+            offset = 0
+            for b in buffers:
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     @staticmethod
     def _upsample(logits, label):
@@ -215,7 +285,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _rng_state(self) -> dict:
+        return {"generator": self.gen.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(), "python": random.getstate()}
+
     def state_dict(self) -> dict:
+        """Everything a resumed run needs; ``rng`` holds one entry per rank (a collective call
+        when distributed: every rank must call it)."""
+        rng = [self._rng_state()]
+        if self.world > 1:
+            rng = [None] * self.world
+            dist.all_gather_object(rng, self._rng_state())
         return {
             "iteration": self.iteration,
             "config": self.cfg.to_dict(),
@@ -224,16 +305,20 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "estimator": self.estimator.state_dict(),
-            "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng,
+            "world_size": self.world,
         }
 
     def save_checkpoint(self) -> Path:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Rank 0 writes (atomically); every rank takes part (RNG states are gathered)."""
+        state = self.state_dict()
         path = checkpoint_path(self.run_dir, self.iteration)
-        atomic_save(self.state_dict(), path)
-        prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_save(state, path)
+            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        if self.world > 1:
+            dist.barrier()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -243,7 +328,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.estimator.load_state_dict(state["estimator"])
-        rng = state["rng"]
+        if state.get("world_size", 1) != self.world:
+            raise ConfigError(f"--resume: {path} was written by {state.get('world_size', 1)} "
+                              f"process(es); resume with the same number (now {self.world})")
+        rng = state["rng"][self.rank]
         self.gen.set_state(rng["generator"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -257,8 +345,21 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
 
+    def _stop_requested(self) -> bool:
+        """A signal seen by any rank stops every rank at the same iteration."""
+        stop = torch.tensor([0 if self._stop_signal is None else self._stop_signal])
+        if self.world > 1:
+            stop = stop.to(self.device)
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+            if self._stop_signal is None and int(stop):
+                self._stop_signal = int(stop)
+        return bool(int(stop))
+
     def _metrics_file(self):
-        """metrics.jsonl, without lines from beyond the checkpoint a resumed run starts from."""
+        """metrics.jsonl, without lines from beyond the checkpoint a resumed run starts from
+        (rank 0 only; other ranks write nowhere)."""
+        if self.rank != 0:
+            return open(os.devnull, "a")
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
             keep = [line for line in path.read_text().splitlines()
@@ -269,13 +370,15 @@ class Trainer:
     def train(self) -> dict:
         """Run to max_iters; checkpoint every K iterations, at the end and on SIGINT / SIGTERM."""
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(cfg.train.max_iters, self.iteration, self.progress)
         result = {}
         try:
-            with self._metrics_file() as metrics, open(self.run_dir / "train.log", "a") as logf:
+            log_path = self.run_dir / "train.log" if self.rank == 0 else os.devnull
+            with self._metrics_file() as metrics, open(log_path, "a") as logf:
                 logf.write(f"start at iteration {self.iteration} on {self.device}\n")
                 start, first = time.perf_counter(), self.iteration
                 while self.iteration < cfg.train.max_iters:
@@ -290,20 +393,23 @@ class Trainer:
                         metrics.flush()
                         logf.write(json.dumps(record) + "\n")
                         logf.flush()
-                    if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0:
+                    if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0 and self.rank == 0:
                         ev = self.evaluate()
                         metrics.write(json.dumps({"iteration": self.iteration, "miou": ev["miou"]}) + "\n")
                     if self.iteration % cfg.train.checkpoint_interval == 0:
                         self.save_checkpoint()
-                    if self._stop_signal is not None:
+                    if self._stop_requested():
                         path = self.save_checkpoint()
                         logf.write(f"signal {self._stop_signal}: checkpoint {path.name}, exiting\n")
                         raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at iteration "
                                                 f"{self.iteration}; checkpoint {path}")
                 self.save_checkpoint()
-                result = self.evaluate()
-                (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
-                logf.write(f"done: mIoU {result['miou']:.2f}\n")
+                if self.rank == 0:
+                    result = self.evaluate()
+                    (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+                    logf.write(f"done: mIoU {result['miou']:.2f}\n")
+                if self.world > 1:
+                    dist.barrier()
         finally:
             bar.close()
             for s, handler in previous.items():
