@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import os
 import random
@@ -103,9 +104,14 @@ class Trainer:
         # averages them too, stays identical on every rank.
         self.net = self.model
         if self.world > 1:
+            # Buffers are synced once at construction, never per forward (the newer torch
+            # spelling of broadcast_buffers=False where it exists).
+            no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                               inspect.signature(DistributedDataParallel).parameters
+                               else {"broadcast_buffers": False})
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+                **no_forward_sync)
         self.teacher = copy.deepcopy(self.model).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)

@@ -1,0 +1,102 @@
+"""Two processes on loopback (gloo): synchronised class statistics and the trainer under DDP."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sepico.estimator import ClassDistributionEstimator
+from tests.parity import make_feats, make_labels
+
+C, D, STEPS = 7, 12, 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+
+
+def _shards(step, kind):
+    gen = torch.Generator().manual_seed(100 + step)
+    feats = make_feats(900, D, gen) + 0.2
+    labels = make_labels(900, C, gen, absent=(step,))
+    return feats, labels
+
+
+def _estimator_worker(rank, world, port, kind, out):
+    _join(rank, world, port)
+    dist.init_process_group("gloo")
+    sizes = []
+    real = dist.all_reduce
+
+    def counting(tensor, *a, **k):
+        sizes.append(tensor.numel())
+        return real(tensor, *a, **k)
+
+    dist.all_reduce = counting
+    est = ClassDistributionEstimator(C, D, covariance=kind, memory_length=2)
+    for step in range(STEPS):
+        feats, labels = _shards(step, kind)
+        part = slice(0, 400) if rank == 0 else slice(400, None)  # unequal shards
+        est.update(feats[part], labels[part], group=dist.group.WORLD)
+    torch.save({"state": est.state_dict(), "sizes": sizes}, out.format(rank=rank))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["diag", "full"])
+def test_synchronised_estimator_equals_one_process_over_the_union(tmp_path, kind):
+    out = str(tmp_path / "rank{rank}.pt")
+    mp.spawn(_estimator_worker, args=(2, _free_port(), kind, out), nprocs=2)
+    r0, r1 = (torch.load(out.format(rank=r)) for r in range(2))
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), f"ranks differ in {key}"
+    single = ClassDistributionEstimator(C, D, covariance=kind, memory_length=2)
+    for step in range(STEPS):
+        single.update(*_shards(step, kind))
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(r0["state"][key], value, rtol=2e-5, atol=1e-6, msg=key)
+    per_step = C * (1 + D + (D * D if kind == "full" else D))
+    assert r0["sizes"] == [per_step] * STEPS  # moments, never pixels
+
+
+def _trainer_worker(rank, world, port, run_dir, max_iters, resume, out):
+    _join(rank, world, port)
+    from sepico.train import Trainer
+    from tests.test_train import _state, tiny_config
+
+    cfg = tiny_config("dist")
+    cfg.train.max_iters = max_iters
+    trainer = Trainer(cfg, run_dir, resume=resume, progress=False)
+    trainer.train()
+    torch.save(_state(trainer), out.format(rank=rank))
+    dist.destroy_process_group()
+
+
+def _run(tmp_path, name, max_iters, resume=False, run=None):
+    out = str(tmp_path / f"{name}-rank{{rank}}.pt")
+    mp.spawn(_trainer_worker, args=(2, _free_port(), str(run or tmp_path / name), max_iters, resume, out),
+             nprocs=2)
+    return [torch.load(out.format(rank=r)) for r in range(2)]
+
+
+def test_two_process_training_keeps_ranks_identical_and_resumes(tmp_path):
+    from tests.test_train import _assert_same
+
+    run = tmp_path / "run"
+    straight = _run(tmp_path, "straight", 3, run=run)
+    _assert_same(straight[0], straight[1])  # model, teacher, estimator, optimizer state
+    # The run wrote checkpoints at 2 and 3 (rank 0, with every rank's RNG state). Drop the
+    # last: resuming from iteration 2 must end exactly where the uninterrupted run ended.
+    (run / "ckpt_00000003.pt").unlink()
+    resumed = _run(tmp_path, "resumed", 3, resume=True, run=run)
+    _assert_same(resumed[0], resumed[1])
+    _assert_same(resumed[0], straight[0])
