@@ -29,6 +29,10 @@ class ClassDistributionEstimator:
         num_classes: C. dim: D, the embedding channels.
         covariance: ``"diag"`` (cov [C, D], the reference's) or ``"full"`` (cov [C, D, D]).
         memory_length: length of each class's BankCL queue; 0 keeps no bank.
+        momentum: None (the published count-weighted merge, which never forgets) or a number
+            in (0, 1): each update moves a present class's mean and covariance a share
+            1 - momentum towards the batch's (their mixture), forgetting old batches
+            exponentially; a class seen for the first time takes the batch statistics.
         device, dtype: where and in which precision (float32 or float64) the statistics live.
 
     Attributes (read-only): ``count`` [C], ``mean`` [C, D], ``cov`` [C, D] or [C, D, D], and
@@ -38,7 +42,8 @@ class ClassDistributionEstimator:
     """
 
     def __init__(self, num_classes: int, dim: int, *, covariance: str = "diag",
-                 memory_length: int = 0, device=None, dtype=torch.float32):
+                 memory_length: int = 0, momentum: float | None = None, device=None,
+                 dtype=torch.float32):
         for name, value, low in (("num_classes", num_classes, 1), ("dim", dim, 1),
                                  ("memory_length", memory_length, 0)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -49,6 +54,9 @@ class ClassDistributionEstimator:
             raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 < momentum < 1.0):
+            raise ValueError(f"momentum must be None or a number in (0, 1), got {momentum!r}")
+        self._momentum = None if momentum is None else float(momentum)
         self._covariance = covariance
         self._memory_length = memory_length
         cov_shape = (num_classes, dim) if covariance == "diag" else (num_classes, dim, dim)
@@ -75,6 +83,10 @@ class ClassDistributionEstimator:
     @property
     def covariance(self) -> str:
         return self._covariance
+
+    @property
+    def momentum(self) -> float | None:
+        return self._momentum
 
     @property
     def memory_length(self) -> int:
@@ -108,6 +120,7 @@ class ClassDistributionEstimator:
     def __repr__(self) -> str:
         return (f"ClassDistributionEstimator(num_classes={self.num_classes}, dim={self.dim}, "
                 f"covariance={self.covariance!r}, memory_length={self.memory_length}, "
+                f"momentum={self._momentum}, "
                 f"device={self.device}, dtype={self.dtype})")
 
     # ------------------------------------------------------------------ update
@@ -133,8 +146,13 @@ class ClassDistributionEstimator:
         if group is not None:
             self._update_synchronised(feats, labels, ignore_index, group)
             return
+        weight_count = self._count
+        if self._momentum is not None:
+            valid = labels[labels != ignore_index].long()
+            weight_count = self._forgetting_count(torch.bincount(valid, minlength=self.num_classes))
         count, mean, cov = kernels.update_class_distribution(
-            self._count, self._mean, self._cov, feats, labels, ignore_index=ignore_index)
+            weight_count, self._mean, self._cov, feats, labels, ignore_index=ignore_index)
+        count = self._count + (count - weight_count)
         if self._memory_length > 0:
             n_b, total, _ = kernels.class_moments(feats, labels, self.num_classes,
                                                   ignore_index=ignore_index)
@@ -155,11 +173,22 @@ class ClassDistributionEstimator:
         dist.all_reduce(flat, group=group)
         c, d = self.num_classes, self.dim
         n_b, total, second = flat[:c], flat[c:c + c * d].view(c, d), flat[c + c * d:].view(second.shape)
-        count, mean, cov = kernels.merge_class_moments(self._count, self._mean, self._cov,
+        weight_count = self._count if self._momentum is None else self._forgetting_count(n_b)
+        count, mean, cov = kernels.merge_class_moments(weight_count, self._mean, self._cov,
                                                        n_b, total, second, shift=self._mean)
+        count = self._count + n_b
         if self._memory_length > 0:
             self._push_bank(n_b > 0, self._mean + total / n_b.clamp(min=1)[:, None])
         self._count, self._mean, self._cov = count, mean, cov
+
+    def _forgetting_count(self, n_b: torch.Tensor) -> torch.Tensor:
+        """The running count that makes the count-weighted merge forget exponentially.
+
+        With momentum m, a present class moves a fixed share 1 - m towards its batch: the merge
+        weight w = n_b / (n + n_b) equals 1 - m for n = n_b m / (1 - m). A class never seen
+        before keeps n = 0 (w = 1: it takes the batch statistics); absent classes have w = 0."""
+        m = self._momentum
+        return torch.where(self._count > 0, n_b.to(self.dtype) * (m / (1.0 - m)), 0.0)
 
     def _push_bank(self, present: torch.Tensor, batch_mean: torch.Tensor) -> None:
         """Append each present class's batch mean to its queue, dropping the oldest entry of a

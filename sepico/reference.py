@@ -213,3 +213,59 @@ def estimator_update_reference(count, mean, cov, bank, feats, labels, *, memory_
     for cls in torch.unique(labels[labels != ignore_index]).tolist():
         new_bank[cls] = (new_bank[cls] + [batch_mean[cls]])[-memory_length:] if memory_length else []
     return new_count, new_mean, new_cov, new_bank
+
+
+def update_class_distribution_onehot_reference(count, mean, cov, feats, labels, *, ignore_index=255):
+    """The count-weighted merge of ``update_class_distribution_reference`` (diagonal ``cov``
+    only), computed the way the public SePiCo estimator computes it: the valid pixels' features
+    expanded to N x C x D and multiplied by an N x C x D one-hot, summed over pixels for the batch
+    mean; the batch variance from the centred N x C x D tensor; NaN weights (0 / 0) set to 0.
+    Time and memory grow with N x C x D: the naive form (design section 2) the kernels avoid, and
+    the estimator baseline of the benchmarks. Returns new (count, mean, cov)."""
+    keep = labels != ignore_index
+    feats, labels = feats[keep].to(mean.dtype), labels[keep].long()
+    n, dim = feats.shape
+    num_classes = mean.shape[0]
+    feats_ncd = feats.view(n, 1, dim).expand(n, num_classes, dim)
+    onehot = torch.zeros(n, num_classes, dtype=mean.dtype, device=feats.device)
+    onehot.scatter_(1, labels.view(-1, 1), 1)
+    onehot_ncd = onehot.view(n, num_classes, 1).expand(n, num_classes, dim)
+    by_class = feats_ncd.mul(onehot_ncd)
+    amount = onehot_ncd.sum(0)
+    amount[amount == 0] = 1
+    batch_mean = by_class.sum(0) / amount
+    centred = by_class - batch_mean.expand(n, num_classes, dim).mul(onehot_ncd)
+    batch_var = centred.pow(2).sum(0).div(amount)
+    n_b = onehot.sum(0).view(num_classes, 1).expand(num_classes, dim)
+    w = n_b.div(n_b + count.view(num_classes, 1).expand(num_classes, dim))
+    w[w != w] = 0
+    spread = w.mul(1 - w).mul((mean - batch_mean).pow(2))
+    new_cov = cov.mul(1 - w) + batch_var.mul(w) + spread
+    new_mean = mean.mul(1 - w) + batch_mean.mul(w)
+    return count + onehot.sum(0), new_mean, new_cov
+
+
+def momentum_update_reference(count, mean, cov, feats, labels, *, momentum, ignore_index=255):
+    """Exponential forgetting: a present class's mean and covariance become the mixture of the
+    running distribution (weight momentum) and the batch (weight 1 - momentum); a class seen for
+    the first time takes the batch statistics; absent classes keep theirs; counts accumulate."""
+    num_classes = mean.shape[0]
+    feats = feats.to(mean.dtype)
+    hot = _one_hot(labels, num_classes, ignore_index, mean.dtype)
+    n_b = hot.sum(0)
+    m = (hot.T @ feats) / n_b.clamp(min=1)[:, None]
+    centred = feats - m[torch.where(labels != ignore_index, labels, 0).long()]
+    if cov.dim() == 3:
+        v = torch.einsum("nc,nd,ne->cde", hot, centred, centred) / n_b.clamp(min=1)[:, None, None]
+    else:
+        v = (hot.T @ (centred * centred)) / n_b.clamp(min=1)[:, None]
+    w = torch.where(n_b == 0, 0.0, torch.where(count == 0, 1.0, 1.0 - momentum)).to(mean.dtype)
+    delta = mean - m
+    new_mean = (1 - w)[:, None] * mean + w[:, None] * m
+    if cov.dim() == 3:
+        w3 = w[:, None, None]
+        new_cov = (1 - w3) * cov + w3 * v + w3 * (1 - w3) * torch.einsum("cd,ce->cde", delta, delta)
+    else:
+        w2 = w[:, None]
+        new_cov = (1 - w2) * cov + w2 * v + w2 * (1 - w2) * delta * delta
+    return count + n_b, new_mean, new_cov

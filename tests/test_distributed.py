@@ -32,7 +32,7 @@ def _shards(step, kind):
     return feats, labels
 
 
-def _estimator_worker(rank, world, port, kind, out):
+def _estimator_worker(rank, world, port, kind, momentum, out):
     _join(rank, world, port)
     dist.init_process_group("gloo")
     sizes = []
@@ -43,7 +43,7 @@ def _estimator_worker(rank, world, port, kind, out):
         return real(tensor, *a, **k)
 
     dist.all_reduce = counting
-    est = ClassDistributionEstimator(C, D, covariance=kind, memory_length=2)
+    est = ClassDistributionEstimator(C, D, covariance=kind, memory_length=2, momentum=momentum)
     for step in range(STEPS):
         feats, labels = _shards(step, kind)
         part = slice(0, 400) if rank == 0 else slice(400, None)  # unequal shards
@@ -52,14 +52,14 @@ def _estimator_worker(rank, world, port, kind, out):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind", ["diag", "full"])
-def test_synchronised_estimator_equals_one_process_over_the_union(tmp_path, kind):
+@pytest.mark.parametrize("kind,momentum", [("diag", None), ("full", None), ("diag", 0.9)])
+def test_synchronised_estimator_equals_one_process_over_the_union(tmp_path, kind, momentum):
     out = str(tmp_path / "rank{rank}.pt")
-    mp.spawn(_estimator_worker, args=(2, _free_port(), kind, out), nprocs=2)
+    mp.spawn(_estimator_worker, args=(2, _free_port(), kind, momentum, out), nprocs=2)
     r0, r1 = (torch.load(out.format(rank=r)) for r in range(2))
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), f"ranks differ in {key}"
-    single = ClassDistributionEstimator(C, D, covariance=kind, memory_length=2)
+    single = ClassDistributionEstimator(C, D, covariance=kind, memory_length=2, momentum=momentum)
     for step in range(STEPS):
         single.update(*_shards(step, kind))
     for key, value in single.state_dict().items():

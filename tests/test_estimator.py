@@ -233,3 +233,40 @@ def test_errors():
         est.update(feats.float(), labels[:-1])
     # A failed update leaves the estimator as it was.
     assert not est.count.any()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_momentum_forgets_like_the_float64_reference(backend, covariance):
+    from sepico.reference import momentum_update_reference
+
+    gen = torch.Generator().manual_seed(31)
+    c, d, momentum = 5, 9, 0.9
+    est = ClassDistributionEstimator(c, d, covariance=covariance, momentum=momentum)
+    ref = (torch.zeros(c, dtype=torch.float64), torch.zeros(c, d, dtype=torch.float64),
+           torch.zeros((c, d, d) if covariance == "full" else (c, d), dtype=torch.float64))
+    for step in range(4):
+        feats = torch.randn(300, d, generator=gen) * 0.3 + step  # drifting features
+        labels = torch.randint(0, c, (300,), generator=gen)
+        labels[labels == step % c] = 255  # one class absent per step
+        with kernels.backend(backend):
+            est.update(feats, labels)
+        ref = momentum_update_reference(*ref, feats.double(), labels, momentum=momentum)
+        torch.testing.assert_close(est.count.double(), ref[0], rtol=0, atol=0)
+        torch.testing.assert_close(est.mean.double(), ref[1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(est.cov.double(), ref[2], rtol=1e-5, atol=1e-5)
+    # Forgetting is real: the published merge weighs the early batches far more.
+    plain = ClassDistributionEstimator(c, d, covariance=covariance)
+    gen = torch.Generator().manual_seed(31)
+    for step in range(4):
+        feats = torch.randn(300, d, generator=gen) * 0.3 + step
+        labels = torch.randint(0, c, (300,), generator=gen)
+        labels[labels == step % c] = 255
+        plain.update(feats, labels)
+    assert (est.mean.mean() - plain.mean.mean()).abs() > 0.3
+
+
+def test_momentum_must_be_in_the_open_unit_interval():
+    for bad in (0.0, 1.0, -0.5, "0.9"):
+        with pytest.raises(ValueError, match="momentum must be None or a number in"):
+            ClassDistributionEstimator(3, 4, momentum=bad)
