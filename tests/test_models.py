@@ -271,7 +271,7 @@ def test_bad_input_and_bad_names():
         on_meta(DAFormer, encoder="mit_b0", proj_dim=0)
     with pytest.raises(ValueError, match="projection_stages"):
         on_meta(DAFormer, encoder="mit_b0", projection_stages=(4,))
-    assert len(MODEL_NAMES) == 9
+    assert len(MODEL_NAMES) == 10
     assert "daformer_mit_b5" in MODEL_NAMES and "deeplabv2_r101" in MODEL_NAMES
 
 

@@ -176,14 +176,19 @@ def _check_stages(stages: Sequence[int]) -> None:
 
 
 MODEL_NAMES = tuple([f"daformer_{v}" for v in MIT_CONFIGS]
-                    + [f"deeplabv2_r{d}" for d in RESNET_DEPTHS])
+                    + [f"deeplabv2_r{d}" for d in RESNET_DEPTHS]
+                    + ["convnet_small"])  # sepico.models.small: the CPU demo's model
 
 
 def build_model(name: str, **kwargs) -> Segmentor:
     """``build_model("daformer_mit_b5", num_classes=19, proj_dim=256)``; names in
-    ``MODEL_NAMES``, keyword arguments as in ``DAFormer`` / ``DeepLabV2``."""
+    ``MODEL_NAMES``, keyword arguments as in ``DAFormer`` / ``DeepLabV2`` / ``SmallConvNet``."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if name == "convnet_small":
+        from .small import SmallConvNet  # imports this module: import it lazily
+
+        return SmallConvNet(**kwargs)
     family, variant = name.split("_", 1)
     if family == "daformer":
         return DAFormer(encoder=variant, **kwargs)
