@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test env compile-check clean
+.PHONY: test env compile-check clean bench bench-quick
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -21,5 +21,44 @@ test: env
 compile-check: env
 	$(VPY) -m kernels.compile_check
 
+# Benchmarks (README.md, "Benchmarks"): CPU figures on a CPU machine, GPU figures where CUDA is available.
+# Results are written afresh to bench/results/<device>-<date>[-quick].{json,md,png}.
+BENCH_THREADS ?= 1
+BENCH_RUN = OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) $(VPY) -m pytest bench -q \
+	--bench-threads=$(BENCH_THREADS)
+
+bench-quick: env
+	$(VPY) -m pip install -q -e ".[bench]"
+	$(BENCH_RUN) --bench-set=quick
+
+# BENCH_SET=medium: every op, size and implementation at D = 256, float32 only.
+BENCH_SET ?= full
+bench: env
+	$(VPY) -m pip install -q -e ".[bench]"
+	$(BENCH_RUN) --bench-set=$(BENCH_SET)
+
+# The README's demo: source-only vs SePiCo (DistCL) on the synthetic domain shift, on CPU
+# (README.md, "Demo"). Writes runs/demo/{summary.json,results.png,examples.png}; demo-seeds runs
+# three seeds and writes their mean and spread to runs/demo-seeds/.
+.PHONY: demo demo-seeds
+DEMO_ARGS ?=
+
+demo: env
+	$(VPY) -m sepico.demo --seeds 0 --out runs/demo $(DEMO_ARGS)
+
+demo-seeds: env
+	$(VPY) -m sepico.demo --seeds 0 1 2 --out runs/demo-seeds $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# Ablation on the synthetic benchmark (README.md, "Ablation"): source-only, self-training alone,
+# ProtoCL, BankCL, DistCL diagonal and full at temperatures 0.1 and 100, and DistCL with forgetting
+# statistics, 3 seeds each, with the demo's model and schedule. Each run writes
+# runs/ablation/runs/<run>/result.json as it ends; rerunning skips finished runs.
+.PHONY: ablation ablation-quick
+ablation: env
+	$(VENV)/bin/sepico ablate --seeds 0 1 2 --out runs/ablation
+
+ablation-quick: env
+	$(VENV)/bin/sepico ablate --quick --out runs/ablation-quick

@@ -26,31 +26,65 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    """Evaluate a checkpoint's student (or EMA teacher) on its run's target val split, or on the
+    dataset named by --data/--root; prints the per-class table and the result JSON."""
     import torch
 
-    from sepico.train import Trainer
-    from sepico.train.config import from_dict
+    from sepico.evaluation import evaluate, format_table
+    from sepico.models import build_model
+    from sepico.train.config import apply_overrides, from_dict, validate
+    from sepico.train.data import build_test_dataset
+    from sepico.train.trainer import resolve_device
 
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise ConfigError(f"{path} is not a sepico training checkpoint (no config / model)")
     cfg = from_dict(state["config"])
-    if args.data:
-        cfg.data.target = args.data
-    if args.root:
-        cfg.data.target_root = args.root
-    cfg.train.device = args.device
-    trainer = Trainer(cfg, path.parent, progress=False)
-    trainer.model.load_state_dict(state["model"])
-    trainer.teacher.load_state_dict(state["teacher"])
-    result = trainer.evaluate(trainer.teacher if args.teacher else trainer.model)
+    overrides = [f"data.{key}={value}" for key, value in (
+        ("target", args.data), ("target_root", args.root), ("eval_mode", args.mode),
+        ("eval_window", args.window), ("eval_stride", args.stride), ("test_size", args.size),
+        ("eval_protocol", args.protocol)) if value is not None]
+    apply_overrides(cfg, overrides + list(args.set))
+    cfg.model.pretrained = ""  # the weights come from the checkpoint
+    validate(cfg)
+    device = resolve_device(args.device)
+    test, classes = build_test_dataset(cfg)
+    m = cfg.model
+    width = {"embed_dim": m.head_channels, "channels": m.head_channels} if m.name.startswith("daformer") else {}
+    model = build_model(m.name, num_classes=m.num_classes, proj_dim=m.proj_dim, **width)
+    model.load_state_dict(state["teacher" if args.teacher else "model"])
+    model.to(device)
+    d = cfg.data
+    result = evaluate(model, test, num_classes=m.num_classes, classes=classes, device=device,
+                      batch_size=args.batch_size, mode=d.eval_mode, window=tuple(d.eval_window),
+                      stride=tuple(d.eval_stride), autocast=args.amp, progress=not args.no_progress)
     result.pop("confusion")
-    text = json.dumps({"checkpoint": str(path), "iteration": state["iteration"], **result}, indent=2)
+    report = {"checkpoint": str(path), "iteration": state.get("iteration"),
+              "weights": "teacher" if args.teacher else "student", "dataset": d.target,
+              "images": len(test), "mode": d.eval_mode, **result}
+    if d.eval_mode == "slide":
+        report |= {"window": list(d.eval_window), "stride": list(d.eval_stride)}
+
+    def nan_to_none(value):  # strict JSON: a class neither labelled nor predicted has IoU null
+        if isinstance(value, dict):
+            return {k: nan_to_none(v) for k, v in value.items()}
+        return None if isinstance(value, float) and value != value else value
+
+    text = json.dumps(nan_to_none(report), indent=2)
+    print(format_table(result))
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
     return 0
+
+
+def _ablate(args) -> int:
+    from sepico.ablation import run_from_args
+
+    return run_from_args(args)
 
 
 def _info(args) -> int:
@@ -87,15 +121,33 @@ def main(argv=None) -> int:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU)")
     e.add_argument("checkpoint")
-    e.add_argument("--data", help="target dataset name (default: the run's target)")
+    e.add_argument("--data", help="target dataset name (default: the run's target): synthetic, "
+                   "cityscapes, dark_zurich")
     e.add_argument("--root", help="dataset folder for a real dataset")
     e.add_argument("--device", default="auto")
     e.add_argument("--teacher", action="store_true", help="evaluate the EMA teacher, not the student")
+    e.add_argument("--mode", choices=("whole", "slide"), help="whole-image or sliding-window inference "
+                   "(default: the run's data.eval_mode)")
+    e.add_argument("--window", metavar="H,W", help="sliding-window size (default: data.eval_window)")
+    e.add_argument("--stride", metavar="H,W", help="sliding-window stride (default: data.eval_stride)")
+    e.add_argument("--size", metavar="H,W", help="resize images to H,W before inference (0,0: as "
+                   "stored; logits are resized to the label either way)")
+    e.add_argument("--protocol", choices=("19", "16", "13"), help="classes the mIoU averages over "
+                   "(default: 16 after a SYNTHIA source, else 19); all three are reported")
+    e.add_argument("--batch-size", type=int, default=1, help="images per forward in whole mode")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override another field of the run's config, e.g. data.strict_labels=false")
+    e.add_argument("--amp", action="store_true", help="bfloat16 autocast on a GPU (default: float32)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--out", help="also write the result JSON here")
     sub.add_parser("info", help="versions, device and the active kernel backend")
+    a = sub.add_parser("ablate", help="ablation on the synthetic benchmark (sepico.ablation)")
+    from sepico.ablation import add_arguments
+
+    add_arguments(a)
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "info": _info}[args.command](args)
+        return {"train": _train, "eval": _eval, "info": _info, "ablate": _ablate}[args.command](args)
     except ConfigError as err:
         print(f"sepico: error: {err}", file=sys.stderr)
         return 2

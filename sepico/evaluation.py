@@ -1,11 +1,26 @@
-"""Segmentation evaluation: confusion matrix, per-class IoU and mIoU."""
+"""Segmentation evaluation: whole-image or sliding-window inference, confusion matrix, per-class
+IoU, mIoU over a protocol's classes, and a printable per-class table.
+
+Inference returns logits at the label's size: the model's stride-4 (or -8) logits are resized
+bilinearly to the input image, and, when the image was resized for evaluation (e.g. 1280 x 640
+for a 2048 x 1024 Cityscapes label), once more to the label. Sliding windows (``mode="slide"``)
+cover the image with ``window``-sized crops every ``stride`` pixels (the last row and column of
+windows end at the border) and average the logits where windows overlap, as mmsegmentation's
+slide inference does.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from sepico.data.cityscapes import CLASS_NAMES
+from sepico.data.label_maps import PROTOCOLS
 from sepico.train.augment import normalize
+
+MODES = ("whole", "slide")
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255):
@@ -30,16 +45,101 @@ def iou_from_confusion(conf: torch.Tensor, classes=None) -> dict:
             "pixel_accuracy": float(inter.sum() / conf.sum().clamp(min=1) * 100)}
 
 
+def protocol_mious(conf: torch.Tensor) -> dict:
+    """For the 19 Cityscapes classes: the mIoU of each protocol, ``{"19": ..., "16": ..., "13": ...}``
+    (16 and 13: the SYNTHIA -> Cityscapes protocols)."""
+    return {name: iou_from_confusion(conf, classes)["miou"] for name, classes in PROTOCOLS.items()}
+
+
+# --------------------------------------------------------------------------- inference
+
+def _windows(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets along one axis: every ``stride``, the last window ending at the border."""
+    if size <= window:
+        return [0]
+    count = math.ceil((size - window) / stride) + 1
+    return sorted({min(i * stride, size - window) for i in range(count)})
+
+
+def slide_logits(model, images: torch.Tensor, num_classes: int, window, stride) -> torch.Tensor:
+    """Logits [B, C, H, W] at image size, averaged over overlapping ``window`` crops."""
+    b, _, height, width = images.shape
+    wh, ww = min(window[0], height), min(window[1], width)
+    out = images.new_zeros(b, num_classes, height, width, dtype=torch.float32)
+    hits = images.new_zeros(1, 1, height, width, dtype=torch.float32)
+    for y in _windows(height, wh, stride[0]):
+        for x in _windows(width, ww, stride[1]):
+            logits = model.predict_logits(images[:, :, y:y + wh, x:x + ww])
+            out[:, :, y:y + wh, x:x + ww] += F.interpolate(logits.float(), size=(wh, ww),
+                                                           mode="bilinear", align_corners=False)
+            hits[:, :, y:y + wh, x:x + ww] += 1
+    return out / hits
+
+
+def predict_logits(model, images: torch.Tensor, label_size, *, num_classes: int, mode: str = "whole",
+                   window=(1024, 1024), stride=(768, 768)) -> torch.Tensor:
+    """float32 logits [B, C, *label_size] of images in [0, 1] (normalised here)."""
+    x = normalize(images)
+    if mode == "whole":
+        logits = model.predict_logits(x).float()
+    elif mode == "slide":
+        logits = slide_logits(model, x, num_classes, window, stride)
+    else:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if tuple(logits.shape[-2:]) != tuple(label_size):
+        logits = F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=False)
+    return logits
+
+
 @torch.no_grad()
-def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", batch_size: int = 2) -> dict:
-    """Whole-image inference; logits bilinearly resized to the label size."""
+def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", batch_size: int = 2,
+             mode: str = "whole", window=(1024, 1024), stride=(768, 768), autocast: bool = False,
+             progress: bool = False) -> dict:
+    """mIoU of ``model`` on a labelled dataset of (image [3, H, W] in [0, 1], label [h, w]).
+
+    Returns ``miou`` over ``classes`` (default: every class seen), per-class ``iou``, pixel
+    accuracy, the ``confusion`` matrix and, for 19 classes, ``protocols`` (the 19/16/13-class
+    mIoUs). ``autocast`` runs the model in bfloat16 on a GPU."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     was_training = model.training
     model.eval()
+    device = torch.device(device)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for images, labels in loader:
-        logits = model.predict_logits(normalize(images.to(device)))
-        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        conf += confusion_matrix(logits.argmax(1).cpu(), labels, num_classes)
-    model.train(was_training)
-    return {**iou_from_confusion(conf, classes), "confusion": conf.tolist()}
+    loader = DataLoader(dataset, batch_size=1 if mode == "slide" else batch_size, shuffle=False)
+    if progress:
+        from tqdm import tqdm
+        loader = tqdm(loader, desc="eval", dynamic_ncols=True)
+    cast = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda"
+            else torch.autocast("cpu", enabled=False))
+    try:
+        for images, labels in loader:
+            with cast:
+                logits = predict_logits(model, images.to(device), labels.shape[-2:],
+                                        num_classes=num_classes, mode=mode, window=window, stride=stride)
+            conf += confusion_matrix(logits.argmax(1).cpu(), labels, num_classes)
+    finally:
+        model.train(was_training)
+    result = {**iou_from_confusion(conf, classes), "confusion": conf.tolist()}
+    if num_classes == len(CLASS_NAMES):
+        result["protocols"] = protocol_mious(conf)
+    return result
+
+
+# --------------------------------------------------------------------------- reporting
+
+def format_table(result: dict, class_names=CLASS_NAMES) -> str:
+    """The per-class IoU table and the mIoU lines of an ``evaluate`` result, as text."""
+    lines = [f"{'class':<16}{'IoU':>8}"]
+    for c, value in result["iou"].items():
+        name = class_names[c] if c < len(class_names) else str(c)
+        lines.append(f"{name:<16}{value:>8.2f}")
+    lines.append(f"{'mIoU':<16}{result['miou']:>8.2f}   ({len(result['iou'])} classes)")
+    for name, value in result.get("protocols", {}).items():
+        lines.append(f"{'mIoU' + name:<16}{value:>8.2f}")
+    lines.append(f"{'pixel accuracy':<16}{result['pixel_accuracy']:>8.2f}")
+    return "\n".join(lines)
+
+
+__all__ = ["MODES", "confusion_matrix", "evaluate", "format_table", "iou_from_confusion",
+           "predict_logits", "protocol_mious", "slide_logits"]

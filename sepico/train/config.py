@@ -29,6 +29,22 @@ class DataConfig:
     test_length: int = 100           # synthetic target scenes to evaluate on
     seed: int = 0                    # synthetic scene seed
     num_workers: int = 0             # DataLoader workers
+    # Real datasets (gta5, synthia, cityscapes, dark_zurich). Sizes are (H, W); (0, 0) = as stored.
+    source_size: tuple = (0, 0)      # source images resized to this before cropping (GTA5: 720, 1280)
+    target_size: tuple = (0, 0)      # target training images resized (Cityscapes: 640, 1280)
+    test_size: tuple = (0, 0)        # evaluation images resized; logits go back to the label size
+    crop_size: tuple = (0, 0)        # random training crop of both streams (published: 640, 640)
+    flip: bool = True                # random horizontal flip of training crops
+    cat_max_ratio: float = 0.75      # source crop retried (10x) while one class covers more than this
+    rcs_temperature: float = 0.0     # rare-class sampling of source images; 0 = off (published: 0.01)
+    rcs_min_pixels: int = 3000       # an image counts as holding a class from this many pixels on
+    rcs_min_crop_ratio: float = 0.5  # crop retried until it holds min_pixels x this of the drawn class
+    class_stats: str = ""            # JSON cache of per-image class counts ("" = beside the run)
+    strict_labels: bool = True       # unknown label id: error (false: ignore it)
+    eval_protocol: int = 0           # classes the mIoU averages: 19 | 16 | 13; 0 = 16 for SYNTHIA, else 19
+    eval_mode: str = "whole"         # whole | slide
+    eval_window: tuple = (1024, 1024)  # sliding-window size (H, W)
+    eval_stride: tuple = (768, 768)    # sliding-window stride (H, W)
 
 
 @dataclass
@@ -63,6 +79,7 @@ class MethodConfig:
     contrast_weight: float = 1.0     # weight of the source and target contrastive losses
     start_distribution_iter: int = 3000  # contrastive losses from this iteration on
     memory_length: int = 200         # bank variant: queue length per class
+    momentum: typing.Optional[float] = None  # None: count-weighted merge; (0, 1): forgetting
     use_avg_pool: bool = True        # labels to feature resolution by majority vote
     scale_min_ratio: float = 0.75
     ema_alpha: float = 0.999
@@ -217,6 +234,8 @@ def validate(cfg: Config) -> None:
     choice("method.ratio_schedule", m.ratio_schedule, RATIO_SCHEDULES)
     positive("method.temperature", m.temperature)
     positive("method.memory_length", m.memory_length, zero_ok=m.variant != "bank")
+    if m.momentum is not None and not 0.0 < m.momentum < 1.0:
+        raise ConfigError(f"config field 'method.momentum' must be none or in (0, 1), got {m.momentum!r}")
     if not 0.0 <= m.ema_alpha < 1.0:
         raise ConfigError(f"config field 'method.ema_alpha' must be in [0, 1), got {m.ema_alpha!r}")
     positive("train.max_iters", t.max_iters)
@@ -231,6 +250,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config field 'optim.betas' must have two values, got {o.betas!r}")
     if len(cfg.data.size) != 2:
         raise ConfigError(f"config field 'data.size' must be (H, W), got {cfg.data.size!r}")
+    _validate_data(cfg.data, choice, positive)
     positive("model.num_classes", cfg.model.num_classes)
     positive("model.proj_dim", cfg.model.proj_dim)
     positive("model.head_channels", cfg.model.head_channels)
@@ -238,3 +258,36 @@ def validate(cfg: Config) -> None:
     choice("model.name", cfg.model.name, MODEL_NAMES)
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"config field 'model.pretrained': no file at {cfg.model.pretrained}")
+
+
+def _validate_data(d: DataConfig, choice, positive) -> None:
+    """The real-dataset fields of `DataConfig`."""
+    from sepico.train.data import SOURCES, TARGETS
+
+    choice("data.source", d.source, SOURCES)
+    choice("data.target", d.target, TARGETS)
+    for key in ("source_size", "target_size", "test_size", "crop_size", "eval_window", "eval_stride"):
+        value = getattr(d, key)
+        if len(value) != 2 or any(not isinstance(v, int) or v < 0 for v in value):
+            raise ConfigError(f"config field 'data.{key}' must be (H, W) of integers >= 0, got {value!r}")
+        if key in ("eval_window", "eval_stride") and 0 in value:
+            raise ConfigError(f"config field 'data.{key}' must be > 0, got {value!r}")
+        if (value[0] == 0) != (value[1] == 0):
+            raise ConfigError(f"config field 'data.{key}' must be (0, 0) or two sizes > 0, got {value!r}")
+    if not 0.0 < d.cat_max_ratio <= 1.0:
+        raise ConfigError(f"config field 'data.cat_max_ratio' must be in (0, 1], got {d.cat_max_ratio!r}")
+    positive("data.rcs_temperature", d.rcs_temperature, zero_ok=True)
+    positive("data.rcs_min_pixels", d.rcs_min_pixels, zero_ok=True)
+    positive("data.rcs_min_crop_ratio", d.rcs_min_crop_ratio, zero_ok=True)
+    positive("data.num_workers", d.num_workers, zero_ok=True)
+    if d.eval_protocol not in (0, 19, 16, 13):
+        raise ConfigError(f"config field 'data.eval_protocol' must be 0 (auto), 19, 16 or 13, "
+                          f"got {d.eval_protocol!r}")
+    choice("data.eval_mode", d.eval_mode, ("whole", "slide"))
+    if d.rcs_temperature > 0 and d.source == "synthetic":
+        raise ConfigError("config field 'data.rcs_temperature': rare-class sampling needs a real "
+                          "source dataset (gta5, synthia, cityscapes)")
+    for key, name, root in (("data.source_root", d.source, d.source_root),
+                            ("data.target_root", d.target, d.target_root)):
+        if name != "synthetic" and not root:
+            raise ConfigError(f"config field '{key}' must name the {name} folder")

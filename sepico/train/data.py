@@ -1,20 +1,37 @@
 """Datasets of a run and the batch streams that feed the trainer.
 
-A stream's batch at iteration t is a pure function of (seed, t): pixel positions walk through
-per-epoch permutations drawn from a generator seeded by (seed, epoch), so a resumed run reads
-exactly the batches an uninterrupted run would have read, whatever the number of workers.
+A stream's batch at iteration t is a pure function of (seed, t). Batch position p = t * B + b
+picks its image either from per-epoch permutations drawn from a generator seeded by
+(seed, epoch), or, with rare-class sampling, from a generator seeded by (seed, p); the random crop
+and flip of a real dataset's image come from a generator seeded by (seed, p) too. So a resumed run
+reads exactly the batches an uninterrupted run would have read, whatever the number of workers.
+
+Real datasets (``sepico.data.real``) reach the trainer through ``TrainingView`` (resize, random
+crop, flip, for the two training streams) and ``TestView`` (resize of the image only: the label
+keeps its own size, and evaluation resizes the logits to it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from sepico.data import SYNTHETIC_CLASSES, SyntheticStreets
+from sepico.data.cityscapes import IGNORE_INDEX, NUM_CLASSES
+from sepico.data.label_maps import PROTOCOLS
+from sepico.data.rcs import RareClassSampler, load_class_stats
+from sepico.data.real import REAL_DATASETS, DatasetError, SegmentationFolder, image_to_tensor
+from sepico.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
 from sepico.train.config import Config, ConfigError
 
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic",) + REAL_DATASETS
+SOURCES = ("synthetic", "gta5", "synthia", "cityscapes")   # labelled training images
+TARGETS = ("synthetic", "cityscapes", "dark_zurich")       # with a labelled val split
+CROP_TRIES = 10  # candidate crops for the class-ratio and rare-class conditions (DAFormer: 10)
 
 
 @dataclass
@@ -25,25 +42,235 @@ class RunData:
     eval_classes: tuple   # train ids that the mIoU averages over
 
 
-def build_datasets(cfg: Config) -> RunData:
-    d = cfg.data
-    for key, name in (("data.source", d.source), ("data.target", d.target)):
-        if name not in DATASETS:
-            raise ConfigError(f"config field '{key}' must be one of {', '.join(DATASETS)}, got {name!r}")
-    size = tuple(int(v) for v in d.size)
-    return RunData(
-        source=SyntheticStreets("source", "train", size=size, length=d.train_length, seed=d.seed),
-        target=SyntheticStreets("target", "train", size=size, length=d.train_length, seed=d.seed),
-        target_test=SyntheticStreets("target", "test", size=size, length=d.test_length, seed=d.seed),
-        eval_classes=tuple(SYNTHETIC_CLASSES),
-    )
+# --------------------------------------------------------------------------- building
 
+def build_datasets(cfg: Config, run_dir=None) -> RunData:
+    """The run's datasets. ``run_dir`` is where the rare-class statistics are cached (default:
+    ``data.class_stats``, else the run folder the trainer would choose)."""
+    d = cfg.data
+    for key, name, options in (("data.source", d.source, SOURCES), ("data.target", d.target, TARGETS)):
+        if name not in options:
+            raise ConfigError(f"config field '{key}' must be one of {', '.join(options)}, got {name!r}")
+    real = [name for name in (d.source, d.target) if name != "synthetic"]
+    if real and cfg.model.num_classes != NUM_CLASSES:
+        raise ConfigError(f"config field 'model.num_classes' must be {NUM_CLASSES} for {real[0]} "
+                          f"(Cityscapes train ids), got {cfg.model.num_classes}")
+    size = tuple(int(v) for v in d.size)
+    if d.source == "synthetic":
+        source = SyntheticStreets("source", "train", size=size, length=d.train_length, seed=d.seed)
+    else:
+        folder = _folder("data.source_root", d.source, d.source_root, "train", labelled=True,
+                         strict=d.strict_labels)
+        rcs = None
+        if d.rcs_temperature > 0:
+            stats = Path(d.class_stats) if d.class_stats else (
+                Path(run_dir or cfg.train.run_dir or Path("runs") / cfg.name) / f"class_stats_{d.source}.json")
+            counts = load_class_stats(folder, stats, NUM_CLASSES, workers=max(1, d.num_workers))
+            try:
+                rcs = RareClassSampler(counts, temperature=d.rcs_temperature, min_pixels=d.rcs_min_pixels)
+            except ValueError as err:
+                raise ConfigError(f"config field 'data.rcs_min_pixels': {err}") from None
+        source = TrainingView(folder, _sizes(d.source_size), _sizes(d.crop_size), flip=d.flip,
+                              cat_max_ratio=d.cat_max_ratio, rare_class_sampler=rcs,
+                              rare_min_pixels=d.rcs_min_pixels * d.rcs_min_crop_ratio)
+    if d.target == "synthetic":
+        target = SyntheticStreets("target", "train", size=size, length=d.train_length, seed=d.seed)
+    else:
+        folder = _folder("data.target_root", d.target, d.target_root, "train", labelled=False,
+                         strict=d.strict_labels)
+        target = TrainingView(folder, _sizes(d.target_size), _sizes(d.crop_size), flip=d.flip)
+    _check_same_size(source, target, size)
+    target_test, eval_classes = build_test_dataset(cfg)
+    return RunData(source=source, target=target, target_test=target_test, eval_classes=eval_classes)
+
+
+def build_test_dataset(cfg: Config) -> tuple[Dataset, tuple]:
+    """(labelled target evaluation images, train ids the mIoU averages over)."""
+    d = cfg.data
+    if d.target == "synthetic":
+        size = tuple(int(v) for v in d.size)
+        test = SyntheticStreets("target", "test", size=size, length=d.test_length, seed=d.seed)
+        classes = tuple(SYNTHETIC_CLASSES) if d.source == "synthetic" and not d.eval_protocol else None
+    else:
+        folder = _folder("data.target_root", d.target, d.target_root, "val", labelled=True,
+                         strict=d.strict_labels)
+        test, classes = TestView(folder, _sizes(d.test_size)), None
+    if classes is None:
+        protocol = d.eval_protocol or (16 if d.source == "synthia" else 19)
+        classes = PROTOCOLS[str(protocol)]
+    return test, classes
+
+
+def _folder(key, name, root, split, *, labelled, strict) -> SegmentationFolder:
+    if not root:
+        raise ConfigError(f"config field '{key}' must name the {name} folder")
+    if not Path(root).is_dir():
+        raise ConfigError(f"config field '{key}': no folder {root}")
+    try:
+        return SegmentationFolder(name, root, split, labelled=labelled, strict=strict)
+    except DatasetError as err:
+        raise ConfigError(f"config field '{key}': {err}") from None
+
+
+def _sizes(value) -> tuple[int, int] | None:
+    h, w = (int(v) for v in value)
+    return (h, w) if h and w else None
+
+
+def _stream_size(dataset, synthetic_size) -> tuple[int, int]:
+    if isinstance(dataset, TrainingView):
+        return dataset.output_size()
+    return synthetic_size
+
+
+def _check_same_size(source, target, synthetic_size) -> None:
+    """Teacher and ClassMix put a source and a target image side by side: same (H, W)."""
+    s, t = _stream_size(source, synthetic_size), _stream_size(target, synthetic_size)
+    if s != t:
+        raise ConfigError(f"source images reach the trainer at {s[0]} x {s[1]} and target images at "
+                          f"{t[0]} x {t[1]}; set data.crop_size (or matching data.source_size, "
+                          "data.target_size / data.size)")
+
+
+# --------------------------------------------------------------------------- views
+
+class Draw(NamedTuple):
+    """What a stream asks a ``TrainingView`` for: image ``index`` at batch ``position`` of the
+    stream with ``seed``; ``rare_class`` is the class rare-class sampling drew (-1: none)."""
+    index: int
+    seed: int
+    position: int
+    rare_class: int = -1
+
+
+def _generator(seed: int, position: int, purpose: int) -> np.random.Generator:
+    """Independent generators per (stream seed, batch position, purpose)."""
+    return np.random.default_rng([seed % 2 ** 64, position, purpose])
+
+
+_RCS_DRAW, _CROP_DRAW = 0, 1
+
+
+class TrainingView(Dataset):
+    """A real dataset as a training stream sees it: resize, random crop, random flip.
+
+    ``view[Draw(...)]`` is ``(image float32 [3, h, w] in [0, 1], label int64 [h, w])`` with
+    (h, w) the crop size (a smaller image is padded: image 0, label ignore). A labelled crop is
+    tried up to ``CROP_TRIES`` times until no class covers more than ``cat_max_ratio`` of its
+    labelled pixels and, for a rare-class draw, it holds more than ``rare_min_pixels`` pixels of
+    that class (else the last candidate, or the one holding most of the rare class, is used).
+    """
+
+    takes_draws = True
+
+    def __init__(self, folder: SegmentationFolder, resize=None, crop=None, *, flip: bool = True,
+                 cat_max_ratio: float = 1.0, rare_class_sampler: RareClassSampler | None = None,
+                 rare_min_pixels: float = 0.0):
+        self.folder, self.resize, self.crop, self.flip = folder, resize, crop, flip
+        self.cat_max_ratio = cat_max_ratio
+        self.rare_class_sampler = rare_class_sampler
+        self.rare_min_pixels = rare_min_pixels
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __repr__(self) -> str:
+        return (f"TrainingView({self.folder!r}, resize={self.resize}, crop={self.crop}, flip={self.flip}, "
+                f"rcs={self.rare_class_sampler is not None})")
+
+    def output_size(self) -> tuple[int, int]:
+        """(H, W) of every item: the crop, else the resize, else the first image's own size."""
+        if self.crop:
+            return self.crop
+        if self.resize:
+            return self.resize
+        with Image.open(self.folder.images[0]) as im:
+            return im.size[1], im.size[0]
+
+    def __getitem__(self, draw):
+        if not isinstance(draw, Draw):
+            draw = Draw(int(draw), 0, int(draw))
+        rng = _generator(draw.seed, draw.position, _CROP_DRAW)
+        image = self.folder.read_image(draw.index)
+        label = self.folder.read_label(draw.index, image.size) if self.folder.labelled else None
+        if self.resize and (image.size[1], image.size[0]) != self.resize:
+            h, w = self.resize
+            image = image.resize((w, h), Image.BILINEAR)
+            if label is not None:
+                label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+        pixels = np.asarray(image)
+        if label is None:
+            label = np.full(pixels.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        if self.crop:
+            y, x = self._choose_crop(label, draw.rare_class, rng)
+            ch, cw = self.crop
+            pixels, label = pixels[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+            pixels, label = _pad(pixels, label, self.crop)
+        if self.flip and rng.random() < 0.5:
+            pixels, label = pixels[:, ::-1], label[:, ::-1]
+        image_t = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
+        return image_t, torch.from_numpy(label.astype(np.int64))
+
+    def _choose_crop(self, label: np.ndarray, rare_class: int, rng: np.random.Generator):
+        height, width = label.shape
+        ch, cw = min(self.crop[0], height), min(self.crop[1], width)
+        checks = self.folder.labelled and (self.cat_max_ratio < 1.0 or rare_class >= 0)
+        best, best_rare = None, -1
+        for _ in range(CROP_TRIES if checks else 1):
+            y, x = int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1))
+            if not checks:
+                return y, x
+            counts = np.bincount(label[y:y + ch, x:x + cw].ravel(), minlength=256)[:IGNORE_INDEX]
+            present = counts[counts > 0]
+            balanced = self.cat_max_ratio >= 1.0 or (
+                len(present) > 1 and present.max() / present.sum() < self.cat_max_ratio)
+            rare = int(counts[rare_class]) if rare_class >= 0 else 0
+            if balanced and (rare_class < 0 or rare > self.rare_min_pixels):
+                return y, x
+            if rare_class < 0 or rare > best_rare:  # fallback: the last, or most of the rare class
+                best, best_rare = (y, x), rare
+        return best
+
+
+def _pad(pixels: np.ndarray, label: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
+    h, w = label.shape
+    if (h, w) == tuple(size):
+        return pixels, label
+    out_p = np.zeros((size[0], size[1], 3), dtype=pixels.dtype)
+    out_l = np.full(tuple(size), IGNORE_INDEX, dtype=label.dtype)
+    out_p[:h, :w], out_l[:h, :w] = pixels, label
+    return out_p, out_l
+
+
+class TestView(Dataset):
+    """Evaluation images resized to ``resize`` (H, W) when given; labels at their own size."""
+
+    def __init__(self, folder: SegmentationFolder, resize=None):
+        self.folder, self.resize = folder, resize
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __repr__(self) -> str:
+        return f"TestView({self.folder!r}, resize={self.resize})"
+
+    def __getitem__(self, index: int):
+        image, label = self.folder.read(index)
+        if self.resize and (image.size[1], image.size[0]) != self.resize:
+            image = image.resize((self.resize[1], self.resize[0]), Image.BILINEAR)
+        return image_to_tensor(image), torch.from_numpy(label.astype(np.int64))
+
+
+# --------------------------------------------------------------------------- streams
 
 class _IterationBatches:
-    """Index lists for iterations start, start + 1, ... (an infinite batch sampler)."""
+    """Keys for iterations start, start + 1, ... (an infinite batch sampler): dataset indices,
+    or ``Draw``s for a dataset that ``takes_draws``."""
 
-    def __init__(self, length: int, batch_size: int, seed: int, start: int):
+    def __init__(self, length: int, batch_size: int, seed: int, start: int, *, draws: bool = False,
+                 rare_class_sampler: RareClassSampler | None = None):
         self.length, self.batch_size, self.seed, self.start = length, batch_size, seed, start
+        self.draws, self.rcs = draws, rare_class_sampler
         self._perm_epoch, self._perm = None, None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -52,12 +279,18 @@ class _IterationBatches:
             self._perm, self._perm_epoch = torch.randperm(self.length, generator=gen), epoch
         return self._perm
 
+    def _key(self, position: int):
+        if self.rcs is not None:
+            index, cls = self.rcs.draw(_generator(self.seed, position, _RCS_DRAW))
+        else:
+            index, cls = int(self._permutation(position // self.length)[position % self.length]), -1
+        return Draw(index, self.seed, position, cls) if self.draws else index
+
     def __iter__(self):
         it = self.start
         while True:
             first = it * self.batch_size
-            yield [int(self._permutation(p // self.length)[p % self.length])
-                   for p in range(first, first + self.batch_size)]
+            yield [self._key(p) for p in range(first, first + self.batch_size)]
             it += 1
 
 
@@ -70,7 +303,9 @@ class BatchStream:
     """``next()`` gives the (images, labels) batch of the next iteration."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, start: int, num_workers: int = 0):
-        sampler = _IterationBatches(len(dataset), batch_size, seed, start)
+        sampler = _IterationBatches(len(dataset), batch_size, seed, start,
+                                    draws=getattr(dataset, "takes_draws", False),
+                                    rare_class_sampler=getattr(dataset, "rare_class_sampler", None))
         self._loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                        collate_fn=_stack, persistent_workers=num_workers > 0))
 

@@ -123,7 +123,8 @@ class Trainer:
                                                  o.warmup_ratio, o.power))
         self.estimator = ClassDistributionEstimator(
             cfg.model.num_classes, cfg.model.proj_dim, covariance=m.covariance,
-            memory_length=m.memory_length if m.variant == "bank" else 0, device=self.device)
+            memory_length=m.memory_length if m.variant == "bank" else 0, momentum=m.momentum,
+            device=self.device)
         self.iteration = 0
         self._stop_signal = None
         if resume:

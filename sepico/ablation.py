@@ -1,0 +1,225 @@
+"""``sepico ablate``: what each part of SePiCo contributes on the synthetic benchmark, and whether
+the temperature matters (design section 9).
+
+Variants (each with every seed): source-only; self-training without a contrastive loss; ProtoCL,
+BankCL, DistCL diagonal and DistCL full, each at every temperature; then DistCL diagonal at the
+better of its temperatures with forgetting statistics (estimator momentum). Every run starts from
+the demo's config (``configs/synthetic_demo.toml``) and writes ``<out>/runs/<name>/result.json`` as
+it ends; a rerun skips finished runs and resumes an interrupted one from its last checkpoint.
+``<out>/summary.json``, ``<out>/table.md`` and two PNGs are rewritten from all results at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_demo.toml"
+TEMPERATURES = (0.1, 100.0)
+CONTRASTIVE = {
+    "protocl": ["method.variant=proto"],
+    "bankcl": ["method.variant=bank"],
+    "distcl_diag": ["method.variant=dist", "method.covariance=diag"],
+    "distcl_full": ["method.variant=dist", "method.covariance=full"],
+}
+PLAIN = {
+    "source_only": ["method.variant=source_only"],
+    "self_training": ["method.variant=self_training"],
+}
+MOMENTUM = 0.99  # forgetting variant: the statistics follow about the last 100 batches
+QUICK = ("source_only", "self_training", "protocl", "distcl_diag")
+
+
+@dataclass
+class Run:
+    variant: str
+    temperature: float | None
+    seed: int
+    overrides: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        t = "" if self.temperature is None else f"_t{self.temperature:g}"
+        return f"{self.variant}{t}_seed{self.seed}"
+
+
+def plan(seeds, temperatures=TEMPERATURES, quick=False) -> list[Run]:
+    """Every run but the momentum variant, whose temperature depends on these results."""
+    runs = []
+    for seed in seeds:
+        for variant, over in PLAIN.items():
+            if not quick or variant in QUICK:
+                runs.append(Run(variant, None, seed, over))
+        for variant, over in CONTRASTIVE.items():
+            if quick and variant not in QUICK:
+                continue
+            for t in temperatures:
+                runs.append(Run(variant, t, seed, over + [f"method.temperature={t}"]))
+    return runs
+
+
+def momentum_runs(results, seeds, temperatures) -> list[Run]:
+    best = best_temperature(results, "distcl_diag", temperatures)
+    over = CONTRASTIVE["distcl_diag"] + [f"method.temperature={best}", f"method.momentum={MOMENTUM}"]
+    return [Run("distcl_diag_momentum", best, seed, over) for seed in seeds]
+
+
+def best_temperature(results, variant, temperatures):
+    means = {t: _mean([r["miou"] for r in results if r["variant"] == variant and r["temperature"] == t])
+             for t in temperatures}
+    return max(means, key=lambda t: -math.inf if math.isnan(means[t]) else means[t])
+
+
+def _mean(values):
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _std(values):
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: list, progress: bool) -> dict:
+    """Train and evaluate one run, or read its result if it finished before."""
+    from sepico.train import Trainer, load_config
+    from sepico.train.checkpoint import latest_checkpoint
+
+    run_dir = out / "runs" / run.name
+    result_file = run_dir / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    overrides = list(extra) + run.overrides + [f"train.seed={run.seed}"]
+    if iters:
+        overrides += [f"train.max_iters={iters}", f"method.start_self_training_iter={iters // 4}"]
+    cfg = load_config(base_config, overrides)
+    cfg.train.checkpoint_interval = max(1, cfg.train.max_iters // 4)  # an interruption loses little
+    cfg.train.keep_checkpoints = 1
+    start = time.perf_counter()
+    trainer = Trainer(cfg, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=progress)
+    ev = trainer.train()
+    result = {"variant": run.variant, "temperature": run.temperature, "seed": run.seed,
+              "momentum": cfg.method.momentum, "iterations": cfg.train.max_iters,
+              "miou": ev["miou"], "iou": ev["iou"], "wall_time_s": time.perf_counter() - start}
+    tmp = result_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(result_file)
+    return result
+
+
+def summarise(results, out: Path) -> dict:
+    """summary.json, table.md and the two plots, from every finished run."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["variant"], r["temperature"]), []).append(r)
+    rows = []
+    for (variant, t), rs in groups.items():
+        mious = [r["miou"] for r in rs]
+        rows.append({"variant": variant, "temperature": t, "seeds": [r["seed"] for r in rs],
+                     "miou_mean": _mean(mious), "miou_std": _std(mious), "miou": mious,
+                     "iou_mean": {c: _mean([r["iou"][c] for r in rs]) for c in rs[0]["iou"]}})
+    rows.sort(key=lambda row: -row["miou_mean"])
+    best = rows[0] if rows else None
+    summary = {"rows": rows, "best": best and {k: best[k] for k in ("variant", "temperature", "miou_mean", "miou_std")},
+               "wall_time_s": sum(r["wall_time_s"] for r in results)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "table.md").write_text(markdown(rows))
+    if rows:
+        _plots(rows, out)
+    return summary
+
+
+def markdown(rows) -> str:
+    from sepico.data.cityscapes import CLASS_NAMES
+
+    lines = ["| variant | temperature | target mIoU (mean ± std) | seeds |", "|---|---|---|---|"]
+    for row in rows:
+        t = "-" if row["temperature"] is None else f"{row['temperature']:g}"
+        lines.append(f"| {row['variant']} | {t} | {row['miou_mean']:.1f} ± {row['miou_std']:.1f} | "
+                     f"{len(row['seeds'])} |")
+    best = rows[0]
+    lines += ["", f"Per-class IoU of the best variant ({best['variant']}, temperature "
+              f"{best['temperature']}), mean over seeds:", "",
+              "| class | IoU |", "|---|---|"]
+    lines += [f"| {CLASS_NAMES[int(c)]} | {v:.1f} |" for c, v in best["iou_mean"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(rows, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sepico.data.cityscapes import CLASS_NAMES
+
+    labels = [r["variant"] + ("" if r["temperature"] is None else f"\nT={r['temperature']:g}") for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
+    ax.bar(range(len(rows)), [r["miou_mean"] for r in rows], yerr=[r["miou_std"] for r in rows], capsize=4)
+    ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("target mIoU (mean ± std over seeds)")
+    ax.set_title("Ablation on the synthetic domain shift")
+    fig.tight_layout()
+    fig.savefig(out / "ablation_miou.png", dpi=120)
+    plt.close(fig)
+
+    pick = [r for r in rows if r["variant"] in ("source_only", "self_training")] + [rows[0]]
+    classes = list(rows[0]["iou_mean"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(pick)
+    for i, r in enumerate(pick):
+        ax.bar([k + i * width for k in range(len(classes))], [r["iou_mean"][c] for c in classes], width,
+               label=r["variant"] + ("" if r["temperature"] is None else f" T={r['temperature']:g}"))
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(classes))], [CLASS_NAMES[int(c)] for c in classes],
+                  rotation=30, ha="right")
+    ax.set_ylabel("target IoU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ablation_per_class.png", dpi=120)
+    plt.close(fig)
+
+
+def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out="runs/ablation", config=DEFAULT_CONFIG,
+           overrides=(), progress=True, temperatures=TEMPERATURES) -> dict:
+    out, config = Path(out), Path(config)
+    runs = plan(seeds, temperatures, quick)
+    total = len(runs) + (0 if quick else len(seeds))
+    results, started, done_now = [], time.perf_counter(), 0
+
+    def one(run, k):
+        nonlocal done_now
+        fresh = not (out / "runs" / run.name / "result.json").exists()
+        elapsed = time.perf_counter() - started
+        left = "?" if not done_now else f"{elapsed / done_now * (total - k + 1) / 60:.0f} min"
+        print(f"[ablation] run {k} of {total}: {run.name} (time left about {left})", flush=True)
+        results.append(execute(run, config, out, iters, list(overrides), progress))
+        done_now += fresh
+
+    for k, run in enumerate(runs, 1):
+        one(run, k)
+    if not quick:
+        for k, run in enumerate(momentum_runs(results, seeds, temperatures), len(runs) + 1):
+            one(run, k)
+    summary = summarise(results, out)
+    print((out / "table.md").read_text())
+    return summary
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--quick", action="store_true", help="one seed of the main variants")
+    p.add_argument("--iters", type=int, default=None, help="iterations per run (default: the config's)")
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_from_args(args) -> int:
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    ablate(seeds=seeds, quick=args.quick, iters=args.iters, out=args.out, config=args.config,
+           overrides=args.overrides, progress=not args.no_progress)
+    return 0

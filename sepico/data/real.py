@@ -1,0 +1,202 @@
+"""GTA5, SYNTHIA RAND-CITYSCAPES, Cityscapes and Dark Zurich read from a folder (nothing is
+downloaded), with labels mapped to the 19 Cityscapes train ids.
+
+Layouts (``root`` is the folder the user names):
+
+=================  ===================================================  =========================================================
+dataset            images                                               labels
+=================  ===================================================  =========================================================
+GTA5               ``images/*.png``                                     ``labels/<same name>`` (Cityscapes label ids)
+SYNTHIA            ``RGB/*.png``                                        ``GT/LABELS/<same name>`` (16-bit, class in channel 1)
+Cityscapes         ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``     ``gtFine/<split>/<city>/*_gtFine_labelIds.png``
+Dark Zurich        ``rgb_anon/<split>/night/<seq>/*_rgb_anon.png``      ``gt/<split>/night/<seq>/*_gt_labelTrainIds.png`` (val)
+=================  ===================================================  =========================================================
+
+A dataset item is ``(image float32 [3, H, W] in [0, 1], label int64 [H, W])`` at the files' own
+size; an unlabelled dataset (a target's training images) gives labels that are all ignore (255).
+The listing checks that every image has its label; reading checks that the label has the image's
+size and only ids the dataset defines. Errors name the file (``DatasetError``, a ``ValueError``).
+Resizing, cropping and flipping for training live in ``sepico.train.data``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from sepico.data.cityscapes import IGNORE_INDEX
+from sepico.data.label_maps import (CITYSCAPES_ID_TO_TRAIN_ID, GTA5_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID,
+                                    TRAIN_ID_IDENTITY, lookup_table, to_train_ids)
+
+REAL_DATASETS = ("gta5", "synthia", "cityscapes", "dark_zurich")
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file that does not have the expected layout or content."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    images: str         # folder of the images, relative to the root ({split} filled in)
+    labels: str         # folder of the labels, mirroring the image folder's sub-folders
+    image_suffix: str   # image file name = stem + image_suffix
+    label_suffix: str   # label file name = stem + label_suffix
+    recursive: bool     # images sit in sub-folders (cities, sequences)
+
+
+_LAYOUTS = {
+    "gta5": _Layout("images", "labels", ".png", ".png", False),
+    "synthia": _Layout("RGB", "GT/LABELS", ".png", ".png", False),
+    "cityscapes": _Layout("leftImg8bit/{split}", "gtFine/{split}", "_leftImg8bit.png",
+                          "_gtFine_labelIds.png", True),
+    "dark_zurich": _Layout("rgb_anon/{split}/night", "gt/{split}/night", "_rgb_anon.png",
+                           "_gt_labelTrainIds.png", True),
+}
+_TABLES = {"gta5": GTA5_ID_TO_TRAIN_ID, "synthia": SYNTHIA_ID_TO_TRAIN_ID,
+           "cityscapes": CITYSCAPES_ID_TO_TRAIN_ID, "dark_zurich": TRAIN_ID_IDENTITY}
+
+
+class SegmentationFolder(Dataset):
+    """Image (and label) files of one dataset split, listed once, sorted by path.
+
+    Args:
+        name: one of ``REAL_DATASETS``.
+        root: the dataset folder.
+        split: ``"train"`` or ``"val"`` (Cityscapes, Dark Zurich; GTA5 and SYNTHIA have one set).
+        labelled: read labels; ``False`` lists images only and gives all-ignore labels.
+        strict: an unknown label id raises; ``False`` maps it to ignore.
+    """
+
+    def __init__(self, name: str, root, split: str = "train", *, labelled: bool = True,
+                 strict: bool = True):
+        if name not in _LAYOUTS:
+            raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(REAL_DATASETS)}")
+        self.name, self.root, self.split = name, Path(root), split
+        self.labelled, self.strict = labelled, strict
+        layout = _LAYOUTS[name]
+        self._layout = layout
+        self._table = lookup_table(_TABLES[name])
+        image_dir = self.root / layout.images.format(split=split)
+        label_dir = self.root / layout.labels.format(split=split)
+        _require_folder(image_dir, name)
+        pattern = f"*{layout.image_suffix}"
+        images = sorted(image_dir.rglob(pattern) if layout.recursive else image_dir.glob(pattern))
+        if not images:
+            raise DatasetError(f"{name}: no images matching {pattern} in {image_dir}")
+        self.images = images
+        self.labels = None
+        if labelled:
+            _require_folder(label_dir, name)
+            self.labels = [label_dir / p.relative_to(image_dir).parent
+                           / (p.name[: -len(layout.image_suffix)] + layout.label_suffix) for p in images]
+            missing = [(i, l) for i, l in zip(images, self.labels) if not l.is_file()]
+            if missing:
+                image, label = missing[0]
+                raise DatasetError(f"{name}: {len(missing)} image(s) without a label, e.g. {image} "
+                                   f"has no {label}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        return (f"SegmentationFolder({self.name!r}, root={str(self.root)!r}, split={self.split!r}, "
+                f"images={len(self)}, labelled={self.labelled})")
+
+    # ------------------------------------------------------------------ files
+
+    def read_image(self, index: int) -> Image.Image:
+        """The image as a PIL RGB image (decoded)."""
+        path = self.images[index]
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except OSError as err:
+            raise DatasetError(f"{path}: cannot read the image ({err})") from None
+
+    def read_label(self, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Train ids, uint8 [H, W]. ``size`` (W, H), when given, is the size the label must have
+        (its image's); all-ignore for an unlabelled dataset (``size`` then required)."""
+        if self.labels is None:
+            if size is None:
+                raise DatasetError(f"{self.name} ({self.split}) is unlabelled: no label for image {index}")
+            return np.full((size[1], size[0]), IGNORE_INDEX, dtype=np.uint8)
+        path = self.labels[index]
+        ids = _read_label_ids(path, first_channel=self.name == "synthia")
+        if size is not None and (ids.shape[1], ids.shape[0]) != tuple(size):
+            raise DatasetError(f"{path}: label is {ids.shape[1]} x {ids.shape[0]} (W x H) but its image "
+                               f"{self.images[index]} is {size[0]} x {size[1]}")
+        return to_train_ids(ids, self._table, where=str(path), strict=self.strict)
+
+    def read(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """(PIL RGB image, uint8 train-id label of the same size)."""
+        image = self.read_image(index)
+        return image, self.read_label(index, image.size)
+
+    def label_key(self, index: int) -> str:
+        """The file a sample's statistics come from, relative to the root (cache keys)."""
+        path = self.labels[index] if self.labels is not None else self.images[index]
+        return path.relative_to(self.root).as_posix()
+
+    def __getitem__(self, index: int):
+        image, label = self.read(index)
+        return image_to_tensor(image), torch.from_numpy(label.astype(np.int64))
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float32 [3, H, W] in [0, 1]."""
+    array = np.array(image, dtype=np.uint8)  # a writable copy
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+def _require_folder(path: Path, name: str) -> None:
+    if not path.is_dir():
+        raise DatasetError(f"{name}: missing folder {path}")
+
+
+def _read_label_ids(path: Path, *, first_channel: bool) -> np.ndarray:
+    """Label ids as uint8 or uint16 [H, W]. 8-bit (L, P) and 16-bit grey labels are read as they
+    are; with ``first_channel`` an RGB label (SYNTHIA) gives its first channel, at 16 bits."""
+    try:
+        with Image.open(path) as im:
+            if first_channel and im.mode == "RGB":
+                return _first_channel(im, path)
+            if im.mode in ("L", "P"):
+                return np.asarray(im)
+            if im.mode.startswith("I;16"):
+                return np.asarray(im).astype(np.uint16)
+            mode = im.mode
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the label ({err})") from None
+    raise DatasetError(f"{path}: label has mode {mode}; expected one channel of label ids"
+                       + (" (or SYNTHIA's RGB with the class in the first channel)" if first_channel else ""))
+
+
+def _first_channel(im: Image.Image, path: Path) -> np.ndarray:
+    """First channel of an RGB label. Pillow reads a 16-bit RGB PNG as 8-bit RGB keeping only the
+    high byte of each sample (rawmode ``RGB;16B``); SYNTHIA's class ids live in the low byte. So a
+    16-bit file is decoded twice, once per byte (rawmodes ``RGB;16B`` and ``RGB;16L``: the same
+    unfiltered data, 48 bits a pixel), and the bytes are put back together."""
+    tile = im.tile
+    if not (len(tile) == 1 and tile[0][3] == "RGB;16B"):
+        return np.asarray(im)[..., 0].copy()  # 8-bit RGB
+    planes = []
+    for rawmode in ("RGB;16B", "RGB;16L"):
+        with Image.open(path) as again:
+            again.tile = [_with_rawmode(t, rawmode) for t in again.tile]
+            planes.append(np.asarray(again)[..., 0])
+    high, low = planes
+    return (high.astype(np.uint16) << 8) | low
+
+
+def _with_rawmode(tile, rawmode):
+    # Pillow >= 11 keeps tiles as named tuples, older versions as plain 4-tuples.
+    if hasattr(tile, "_replace"):
+        return tile._replace(args=rawmode)
+    return (tile[0], tile[1], tile[2], rawmode)
+
+
+__all__ = ["DatasetError", "REAL_DATASETS", "SegmentationFolder", "image_to_tensor"]

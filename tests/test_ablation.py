@@ -1,0 +1,62 @@
+"""The ablation driver: every variant runs, results are written per run, a rerun skips them."""
+import json
+
+import pytest
+
+from sepico import ablation
+
+TINY = ["data.size=32,64", "data.train_length=8", "data.test_length=2", "train.batch_size=2",
+        "train.log_interval=1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_variant_writes_a_result_and_a_rerun_skips_them(tmp_path, monkeypatch):
+    summary = ablation.ablate(seeds=[0], iters=2, out=tmp_path, overrides=TINY, progress=False)
+    results = sorted((tmp_path / "runs").glob("*/result.json"))
+    names = {p.parent.name for p in results}
+    want = {r.name for r in ablation.plan([0])}
+    assert want <= names and len(names) == len(want) + 1  # + the momentum run
+    momentum = [json.loads(p.read_text()) for p in results if "momentum" in p.parent.name]
+    assert momentum[0]["momentum"] == ablation.MOMENTUM
+    assert momentum[0]["temperature"] in ablation.TEMPERATURES
+    for p in results:
+        r = json.loads(p.read_text())
+        assert r["iterations"] == 2 and 0.0 <= r["miou"] <= 100.0
+    assert (tmp_path / "table.md").read_text().count("\n| ") >= len(want)
+    assert (tmp_path / "ablation_miou.png").stat().st_size > 0
+    assert (tmp_path / "ablation_per_class.png").stat().st_size > 0
+    assert summary["best"]["variant"] in {r["variant"] for r in map(lambda p: json.loads(p.read_text()), results)}
+
+    # An interrupted ablation: one run lost its result (it was cut short). A rerun trains that
+    # run only and reads the others back.
+    lost = tmp_path / "runs" / "protocl_t0.1_seed0" / "result.json"
+    lost.unlink()
+    trained = []
+    real = ablation.execute
+
+    def counting(run, *args, **kwargs):
+        if not (tmp_path / "runs" / run.name / "result.json").exists():
+            trained.append(run.name)
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(ablation, "execute", counting)
+    ablation.ablate(seeds=[0], iters=2, out=tmp_path, overrides=TINY, progress=False)
+    assert trained == ["protocl_t0.1_seed0"] and lost.exists()
+
+
+def test_quick_plan_and_best_temperature():
+    quick = ablation.plan([0], quick=True)
+    assert {r.variant for r in quick} == set(ablation.QUICK)
+    results = [{"variant": "distcl_diag", "temperature": 0.1, "miou": 60.0},
+               {"variant": "distcl_diag", "temperature": 100.0, "miou": 50.0},
+               {"variant": "distcl_diag", "temperature": 0.1, "miou": 58.0}]
+    assert ablation.best_temperature(results, "distcl_diag", (0.1, 100.0)) == 0.1
