@@ -6,6 +6,20 @@ os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ["KERNELS_POISON"] = "1"  # outputs start as NaN: an element a kernel forgets stays NaN
 
+import pytest  # noqa: E402  (after the environment above)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for end-to-end training tests: bit-exact runs and no oversubscription
+    when other processes share the two cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 def pytest_terminal_summary(terminalreporter):
     """Print the largest relative error against float64 that the parity tests saw."""

@@ -9,14 +9,7 @@ TINY = ["data.size=32,64", "data.train_length=8", "data.test_length=2", "train.b
         "train.log_interval=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_every_variant_writes_a_result_and_a_rerun_skips_them(tmp_path, monkeypatch):

@@ -197,12 +197,7 @@ def trees(tmp_path_factory):
             "dark_zurich": make_dark_zurich(base / "dark_zurich")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- reading

@@ -9,15 +9,7 @@ import torch
 from sepico.models import MODEL_NAMES, build_model
 from sepico.train.config import load_config
 
-pytest.importorskip("matplotlib")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_two_iteration_demo_writes_summary_and_figures(tmp_path):

@@ -31,12 +31,7 @@ def tiny_config(variant="dist", model="deeplabv2_r18", **method) -> Config:
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("variant,model,extra", [
