@@ -91,7 +91,7 @@ class Trainer:
         random.seed(cfg.train.seed + self.rank)
         np.random.seed(cfg.train.seed + self.rank)
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 1 + 7919 * self.rank)
-        self.data = build_datasets(cfg)
+        self.data = build_datasets(cfg, self.run_dir)  # the rare-class cache sits beside the run
         width = ({"embed_dim": cfg.model.head_channels, "channels": cfg.model.head_channels}
                  if cfg.model.name.startswith("daformer") else {})
         self.model = build_model(cfg.model.name, num_classes=cfg.model.num_classes,
@@ -426,7 +426,8 @@ class Trainer:
     def evaluate(self, model=None) -> dict:
         return evaluate(model or self.model, self.data.target_test, num_classes=self.cfg.model.num_classes,
                         classes=self.data.eval_classes, device=self.device,
-                        batch_size=max(1, self.cfg.train.batch_size))
+                        batch_size=max(1, self.cfg.train.batch_size), mode=self.cfg.data.eval_mode,
+                        window=tuple(self.cfg.data.eval_window), stride=tuple(self.cfg.data.eval_stride))
 
 
 def _progress(total, initial, enabled):
