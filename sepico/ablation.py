@@ -84,6 +84,8 @@ def _std(values):
 
 def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: list, progress: bool) -> dict:
     """Train and evaluate one run, or read its result if it finished before."""
+    import torch
+
     from sepico.train import Trainer, load_config
     from sepico.train.checkpoint import latest_checkpoint
 
@@ -102,7 +104,8 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
     ev = trainer.train()
     result = {"variant": run.variant, "temperature": run.temperature, "seed": run.seed,
               "momentum": cfg.method.momentum, "iterations": cfg.train.max_iters,
-              "miou": ev["miou"], "iou": ev["iou"], "wall_time_s": time.perf_counter() - start}
+              "miou": ev["miou"], "iou": ev["iou"], "wall_time_s": time.perf_counter() - start,
+              "threads": torch.get_num_threads()}
     tmp = result_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(result_file)
@@ -216,9 +219,14 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per run (default 1, as the demo: the model is small)")
 
 
 def run_from_args(args) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
     seeds = args.seeds[:1] if args.quick else args.seeds
     ablate(seeds=seeds, quick=args.quick, iters=args.iters, out=args.out, config=args.config,
            overrides=args.overrides, progress=not args.no_progress)
