@@ -209,6 +209,20 @@ def _regulariser(rows, labels, n_valid, mean, temperature, num_classes, ignore_i
     return torch.where(n_valid > 0, reg, torch.zeros_like(reg))
 
 
+def _pixel_mean(parts, rows, labels, n_valid, *, mean, temperature, num_classes, reg_weight,
+                ignore_index):
+    """The per-image loss sums ``parts`` added up over the batch and divided by the valid pixel
+    count, plus ``reg_weight`` times the regulariser."""
+    total = None
+    for part in parts:
+        total = part if total is None else total + part
+    loss = total / n_valid.clamp(min=1).to(total.dtype)
+    if reg_weight > 0:
+        loss = loss + reg_weight * _regulariser(rows, labels, n_valid, mean, temperature,
+                                                num_classes, ignore_index, total.dtype)
+    return loss
+
+
 def _check_common(temperature, reg_weight):
     if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
@@ -227,16 +241,11 @@ def _statistics_loss(feat, label, mean, cov, *, ratio, temperature, use_avg_pool
     rows, labels, n_valid = _pixels(feat, label, use_avg_pool=use_avg_pool,
                                     scale_min_ratio=scale_min_ratio, num_classes=num_classes,
                                     ignore_index=ignore_index)
-    total = None
-    for z, y in zip(rows, labels):
-        part = kernels.dist_contrastive_loss(z, y, mean, cov, ratio=ratio, temperature=temperature,
-                                             ignore_index=ignore_index, reduction="sum")
-        total = part if total is None else total + part
-    loss = total / n_valid.clamp(min=1).to(total.dtype)
-    if reg_weight > 0:
-        loss = loss + reg_weight * _regulariser(rows, labels, n_valid, mean, temperature,
-                                                num_classes, ignore_index, total.dtype)
-    return loss
+    parts = (kernels.dist_contrastive_loss(z, y, mean, cov, ratio=ratio, temperature=temperature,
+                                           ignore_index=ignore_index, reduction="sum")
+             for z, y in zip(rows, labels))
+    return _pixel_mean(parts, rows, labels, n_valid, mean=mean, temperature=temperature,
+                       num_classes=num_classes, reg_weight=reg_weight, ignore_index=ignore_index)
 
 
 def dist_contrastive_loss(feat, label, mean, cov, *, ratio=1.0, temperature=100.0,
@@ -440,18 +449,13 @@ def bank_contrastive_loss(feat, label, bank, *, temperature=100.0, use_avg_pool=
                                     scale_min_ratio=scale_min_ratio, num_classes=num_classes,
                                     ignore_index=ignore_index)
     params = _BankParams(bank=packed, temperature=float(temperature), ignore_index=ignore_index)
-    total = None
-    for z, y in zip(rows, labels):
-        if torch.is_grad_enabled() and feat.requires_grad:
-            part = _BankContrastiveFunction.apply(z, y, params)
-        else:
-            part, _ = _bank_forward(z, y, packed, params.temperature, ignore_index, False)
-        total = part if total is None else total + part
-    loss = total / n_valid.clamp(min=1).to(total.dtype)
-    if reg_weight > 0:
-        loss = loss + reg_weight * _regulariser(rows, labels, n_valid, mean, temperature,
-                                                num_classes, ignore_index, total.dtype)
-    return loss
+    if torch.is_grad_enabled() and feat.requires_grad:
+        parts = (_BankContrastiveFunction.apply(z, y, params) for z, y in zip(rows, labels))
+    else:
+        parts = (_bank_forward(z, y, packed, params.temperature, ignore_index, False)[0]
+                 for z, y in zip(rows, labels))
+    return _pixel_mean(parts, rows, labels, n_valid, mean=mean, temperature=temperature,
+                       num_classes=num_classes, reg_weight=reg_weight, ignore_index=ignore_index)
 
 
 # --------------------------------------------------------------------------- module

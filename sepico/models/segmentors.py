@@ -44,10 +44,20 @@ class Segmentor(nn.Module):
     logits_stride: int
     embedding_stride: int
 
-    def __init__(self, projection_stages: Sequence[int]):
+    def __init__(self, encoder: nn.Module, decode_head: nn.Module, *, projection_stages: Sequence[int],
+                 proj_dim: int, proj_hidden: int | None, logits_stage: int):
+        """``encoder`` exposes ``out_channels``, ``strides`` and ``in_chans`` per stage; the
+        projection head reads the ``projection_stages``, the logits come at ``logits_stage``'s
+        stride."""
         super().__init__()
         self.projection_stages = tuple(projection_stages)
         self._dropout_enabled = True
+        self.encoder = encoder
+        self.decode_head = decode_head
+        self.projection_head = ProjectionHead([encoder.out_channels[i] for i in self.projection_stages],
+                                              proj_dim, proj_hidden)
+        self.logits_stride = encoder.strides[logits_stage]
+        self.embedding_stride = encoder.strides[self.projection_stages[0]]
 
     # ------------------------------------------------------------------ forward
 
@@ -123,16 +133,12 @@ class DAFormer(Segmentor):
                  drop_path_rate: float = 0.1, activation_checkpointing: bool = False):
         _check_positive(num_classes=num_classes, proj_dim=proj_dim)
         _check_stages(projection_stages)
-        super().__init__(projection_stages)
-        self.encoder = mit(encoder, drop_path_rate=drop_path_rate,
-                           activation_checkpointing=activation_checkpointing)
-        channels_in = self.encoder.out_channels
-        self.decode_head = DAFormerHead(channels_in, num_classes, embed_dim=embed_dim,
-                                        channels=channels, dilations=dilations, dropout=dropout)
-        self.projection_head = ProjectionHead([channels_in[i] for i in self.projection_stages],
-                                              proj_dim, proj_hidden)
-        self.logits_stride = self.encoder.strides[0]
-        self.embedding_stride = self.encoder.strides[self.projection_stages[0]]
+        backbone = mit(encoder, drop_path_rate=drop_path_rate,
+                       activation_checkpointing=activation_checkpointing)
+        head = DAFormerHead(backbone.out_channels, num_classes, embed_dim=embed_dim,
+                            channels=channels, dilations=dilations, dropout=dropout)
+        super().__init__(backbone, head, projection_stages=projection_stages, proj_dim=proj_dim,
+                         proj_hidden=proj_hidden, logits_stage=0)
 
     def _decode(self, features):
         return self.decode_head(features)
@@ -149,15 +155,10 @@ class DeepLabV2(Segmentor):
                  activation_checkpointing: bool = False):
         _check_positive(num_classes=num_classes, proj_dim=proj_dim)
         _check_stages(projection_stages)
-        super().__init__(projection_stages)
-        self.encoder = ResNet(depth, output_stride=8,
-                              activation_checkpointing=activation_checkpointing)
-        channels_in = self.encoder.out_channels
-        self.decode_head = ASPPClassifier(channels_in[-1], num_classes, dilations)
-        self.projection_head = ProjectionHead([channels_in[i] for i in self.projection_stages],
-                                              proj_dim, proj_hidden)
-        self.logits_stride = self.encoder.strides[-1]
-        self.embedding_stride = self.encoder.strides[self.projection_stages[0]]
+        backbone = ResNet(depth, output_stride=8, activation_checkpointing=activation_checkpointing)
+        head = ASPPClassifier(backbone.out_channels[-1], num_classes, dilations)
+        super().__init__(backbone, head, projection_stages=projection_stages, proj_dim=proj_dim,
+                         proj_hidden=proj_hidden, logits_stage=-1)
 
     def _decode(self, features):
         return self.decode_head(features[-1])

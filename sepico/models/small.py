@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .heads import ProjectionHead
 from .layers import ConvBNReLU, run_block
 from .segmentors import Segmentor, _check_positive, _check_stages
 
@@ -90,14 +89,10 @@ class SmallConvNet(Segmentor):
                  activation_checkpointing: bool = False):
         _check_positive(num_classes=num_classes, proj_dim=proj_dim)
         _check_stages(projection_stages)
-        super().__init__(projection_stages)
-        self.encoder = SmallConvEncoder(3, width, activation_checkpointing)
-        channels_in = self.encoder.out_channels
-        self.decode_head = SmallSegHead(channels_in[-1], num_classes)
-        self.projection_head = ProjectionHead([channels_in[i] for i in self.projection_stages],
-                                              proj_dim, proj_hidden)
-        self.logits_stride = self.encoder.strides[-1]
-        self.embedding_stride = self.encoder.strides[self.projection_stages[0]]
+        backbone = SmallConvEncoder(3, width, activation_checkpointing)
+        head = SmallSegHead(backbone.out_channels[-1], num_classes)
+        super().__init__(backbone, head, projection_stages=projection_stages, proj_dim=proj_dim,
+                         proj_hidden=proj_hidden, logits_stage=-1)
 
     def _decode(self, features):
         return self.decode_head(features[-1])
