@@ -125,17 +125,58 @@ def summarise(results, out: Path) -> dict:
                      "iou_mean": {c: _mean([r["iou"][c] for r in rs]) for c in rs[0]["iou"]}})
     rows.sort(key=lambda row: -row["miou_mean"])
     best = rows[0] if rows else None
+    pairs = comparisons(rows)
     summary = {"rows": rows, "best": best and {k: best[k] for k in ("variant", "temperature", "miou_mean", "miou_std")},
-               "wall_time_s": sum(r["wall_time_s"] for r in results)}
+               "comparisons": pairs, "wall_time_s": sum(r["wall_time_s"] for r in results)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "table.md").write_text(markdown(rows))
+    (out / "table.md").write_text(markdown(rows, pairs))
     if rows:
         _plots(rows, out)
     return summary
 
 
-def markdown(rows) -> str:
+def _label(variant, temperature) -> str:
+    return variant if temperature is None else f"{variant} T={temperature:g}"
+
+
+def comparisons(rows) -> list[dict]:
+    """Paired differences of target mIoU on the same seeds (same data, same initialisation).
+
+    Every variant against source-only and against self-training alone, each contrastive variant's
+    temperature 0.1 against 100, and the forgetting statistics against the same DistCL without.
+    ``finding`` is true only where the mean difference exceeds the seed spread: the standard
+    deviation of the paired differences and of either side's mIoU.
+    """
+    by = {(row["variant"], row["temperature"]): row for row in rows}
+    wanted = []
+    for key in by:
+        bases = [] if key[0] == "source_only" else [("source_only", None)]
+        if key[0] not in ("source_only", "self_training"):
+            bases.append(("self_training", None))
+        wanted += [(key, base) for base in bases if base in by]
+        variant, t = key
+        if variant in CONTRASTIVE and t == TEMPERATURES[0]:
+            wanted += [(key, (variant, other)) for other in TEMPERATURES[1:] if (variant, other) in by]
+        if variant == "distcl_diag_momentum" and ("distcl_diag", t) in by:
+            wanted.append((key, ("distcl_diag", t)))
+    pairs = []
+    for a, b in wanted:
+        ra, rb = by[a], by[b]
+        common = sorted(set(ra["seeds"]) & set(rb["seeds"]))
+        if not common:
+            continue
+        da = dict(zip(ra["seeds"], ra["miou"]))
+        db = dict(zip(rb["seeds"], rb["miou"]))
+        diffs = [da[s] - db[s] for s in common]
+        spread = max(_std(diffs), ra["miou_std"], rb["miou_std"])
+        pairs.append({"a": _label(*a), "b": _label(*b), "seeds": common, "diff": diffs,
+                      "diff_mean": _mean(diffs), "diff_std": _std(diffs),
+                      "finding": len(common) > 1 and abs(_mean(diffs)) > spread})
+    return pairs
+
+
+def markdown(rows, pairs=()) -> str:
     from sepico.data.cityscapes import CLASS_NAMES
 
     lines = ["| variant | temperature | target mIoU (mean ± std) | seeds |", "|---|---|---|---|"]
@@ -143,6 +184,12 @@ def markdown(rows) -> str:
         t = "-" if row["temperature"] is None else f"{row['temperature']:g}"
         lines.append(f"| {row['variant']} | {t} | {row['miou_mean']:.1f} ± {row['miou_std']:.1f} | "
                      f"{len(row['seeds'])} |")
+    if pairs:
+        lines += ["", "Paired differences of target mIoU on the same seeds (a - b); a finding only where "
+                  "the mean exceeds the seed spread (std of the differences and of either side):", "",
+                  "| a | b | a - b (mean ± std) | seeds | finding |", "|---|---|---|---|---|"]
+        lines += [f"| {p['a']} | {p['b']} | {p['diff_mean']:+.1f} ± {p['diff_std']:.1f} | {len(p['seeds'])} | "
+                  f"{'yes' if p['finding'] else 'no'} |" for p in pairs]
     best = rows[0]
     lines += ["", f"Per-class IoU of the best variant ({best['variant']}, temperature "
               f"{best['temperature']}), mean over seeds:", "",

@@ -53,3 +53,24 @@ def test_quick_plan_and_best_temperature():
                {"variant": "distcl_diag", "temperature": 100.0, "miou": 50.0},
                {"variant": "distcl_diag", "temperature": 0.1, "miou": 58.0}]
     assert ablation.best_temperature(results, "distcl_diag", (0.1, 100.0)) == 0.1
+
+
+def test_paired_comparisons_call_a_finding_only_beyond_the_seed_spread():
+    def row(variant, t, mious):
+        return {"variant": variant, "temperature": t, "seeds": [0, 1, 2], "miou": mious,
+                "miou_mean": ablation._mean(mious), "miou_std": ablation._std(mious),
+                "iou_mean": {"0": 90.0, "8": 70.0}}
+
+    rows = [row("source_only", None, [50.0, 55.0, 60.0]),
+            row("self_training", None, [51.0, 56.0, 61.5]),     # +1.2 on average, spread 5: no
+            row("protocl", 0.1, [60.0, 66.0, 70.0]),            # +10.3 over source-only: yes
+            row("protocl", 100.0, [59.0, 67.0, 69.0])]          # -0.0 .. : no
+    pairs = {(p["a"], p["b"]): p for p in ablation.comparisons(rows)}
+    assert set(pairs) == {("self_training", "source_only"), ("protocl T=0.1", "source_only"),
+                          ("protocl T=0.1", "self_training"), ("protocl T=100", "source_only"),
+                          ("protocl T=100", "self_training"), ("protocl T=0.1", "protocl T=100")}
+    gain = pairs[("protocl T=0.1", "source_only")]
+    assert gain["diff"] == [10.0, 11.0, 10.0] and gain["finding"]
+    assert not pairs[("self_training", "source_only")]["finding"]
+    assert not pairs[("protocl T=0.1", "protocl T=100")]["finding"]
+    assert "| protocl T=0.1 | source_only | +10.3 ± 0.6 | 3 | yes |" in ablation.markdown(rows, list(pairs.values()))
