@@ -52,7 +52,8 @@ demo-seeds: env
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 
-# Ablation on the synthetic benchmark (README.md, "Ablation"): source-only, self-training alone,
+# Ablation on the synthetic benchmark (README.md, "Ablation"): source-only, self-training alone, a
+# control with the contrastive loss weighted 0,
 # ProtoCL, BankCL, DistCL diagonal and full at temperatures 0.1 and 100, and DistCL with forgetting
 # statistics, 3 seeds each, with the demo's model and schedule. Each run writes
 # runs/ablation/runs/<run>/result.json as it ends; rerunning skips finished runs.

@@ -1,8 +1,8 @@
 """``sepico ablate``: what each part of SePiCo contributes on the synthetic benchmark, and whether
 the temperature matters (design section 9).
 
-Variants (each with every seed): source-only; self-training without a contrastive loss; ProtoCL,
-BankCL, DistCL diagonal and DistCL full, each at every temperature; then DistCL diagonal at the
+Variants (each with every seed): source-only; self-training without a contrastive loss; a control
+with DistCL's passes but its loss weighted 0 (``target_pass_no_cl``); ProtoCL, BankCL, DistCL diagonal and DistCL full, each at every temperature; then DistCL diagonal at the
 better of its temperatures with forgetting statistics (estimator momentum). Every run starts from
 the demo's config (``configs/synthetic_demo.toml``) and writes ``<out>/runs/<name>/result.json`` as
 it ends; a rerun skips finished runs and resumes an interrupted one from its last checkpoint.
@@ -29,9 +29,13 @@ CONTRASTIVE = {
 PLAIN = {
     "source_only": ["method.variant=source_only"],
     "self_training": ["method.variant=self_training"],
+    # A control: DistCL's schedule with its loss weighted 0. The student still runs the extra pass
+    # over the strongly augmented target images (BatchNorm in train mode sees target batches),
+    # but no contrastive gradient reaches it.
+    "target_pass_no_cl": ["method.variant=dist", "method.contrast_weight=0"],
 }
 MOMENTUM = 0.99  # forgetting variant: the statistics follow about the last 100 batches
-QUICK = ("source_only", "self_training", "protocl", "distcl_diag")
+QUICK = ("source_only", "self_training", "target_pass_no_cl", "protocl", "distcl_diag")
 
 
 @dataclass
@@ -144,7 +148,9 @@ def comparisons(rows) -> list[dict]:
     """Paired differences of target mIoU on the same seeds (same data, same initialisation).
 
     Every variant against source-only and against self-training alone, each contrastive variant's
-    temperature 0.1 against 100, and the forgetting statistics against the same DistCL without.
+    temperature 0.1 against 100, each contrastive variant against the control that makes the same
+    passes with the loss weighted 0, BankCL and DistCL against ProtoCL at the same temperature,
+    and the forgetting statistics against the same DistCL without.
     ``finding`` is true only where the mean difference exceeds the seed spread: the standard
     deviation of the paired differences and of either side's mIoU.
     """
@@ -154,10 +160,14 @@ def comparisons(rows) -> list[dict]:
         bases = [] if key[0] == "source_only" else [("source_only", None)]
         if key[0] not in ("source_only", "self_training"):
             bases.append(("self_training", None))
+        if key[0] not in PLAIN:  # a contrastive gradient against the same passes without it
+            bases.append(("target_pass_no_cl", None))
         wanted += [(key, base) for base in bases if base in by]
         variant, t = key
         if variant in CONTRASTIVE and t == TEMPERATURES[0]:
             wanted += [(key, (variant, other)) for other in TEMPERATURES[1:] if (variant, other) in by]
+        if variant in CONTRASTIVE and variant != "protocl" and ("protocl", t) in by:
+            wanted.append((key, ("protocl", t)))  # does anything beyond the class mean help?
         if variant == "distcl_diag_momentum" and ("distcl_diag", t) in by:
             wanted.append((key, ("distcl_diag", t)))
     pairs = []
@@ -208,15 +218,21 @@ def _plots(rows, out: Path) -> None:
 
     labels = [r["variant"] + ("" if r["temperature"] is None else f"\nT={r['temperature']:g}") for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
-    ax.bar(range(len(rows)), [r["miou_mean"] for r in rows], yerr=[r["miou_std"] for r in rows], capsize=4)
+    ax.bar(range(len(rows)), [r["miou_mean"] for r in rows], yerr=[r["miou_std"] for r in rows], capsize=4,
+           color="tab:blue", alpha=0.7)
+    for i, r in enumerate(rows):  # every seed as a dot: three seeds make a thin error bar
+        ax.plot([i] * len(r["miou"]), r["miou"], "k.", markersize=5)
+    lowest = min(min(r["miou"]) for r in rows)
+    ax.set_ylim(bottom=max(0.0, 5 * math.floor(lowest / 5) - 5))
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("target mIoU (mean ± std over seeds)")
+    ax.set_ylabel("target mIoU (bar: mean ± std; dots: seeds)")
     ax.set_title("Ablation on the synthetic domain shift")
     fig.tight_layout()
     fig.savefig(out / "ablation_miou.png", dpi=120)
     plt.close(fig)
 
-    pick = [r for r in rows if r["variant"] in ("source_only", "self_training")] + [rows[0]]
+    pick = sorted((r for r in rows if r["variant"] in ("source_only", "self_training")),
+                  key=lambda r: r["variant"] != "source_only") + [rows[0]]
     classes = list(rows[0]["iou_mean"])
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(pick)
@@ -239,20 +255,27 @@ def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out="runs/ablation", con
     total = len(runs) + (0 if quick else len(seeds))
     results, started, done_now = [], time.perf_counter(), 0
 
-    def one(run, k):
+    def finished(name):
+        return (out / "runs" / name / "result.json").exists()
+
+    def one(run, k, todo):
         nonlocal done_now
-        fresh = not (out / "runs" / run.name / "result.json").exists()
+        fresh = not finished(run.name)
         elapsed = time.perf_counter() - started
-        left = "?" if not done_now else f"{elapsed / done_now * (total - k + 1) / 60:.0f} min"
+        left = "?" if not done_now else f"{elapsed / done_now * todo / 60:.0f} min"
         print(f"[ablation] run {k} of {total}: {run.name} (time left about {left})", flush=True)
         results.append(execute(run, config, out, iters, list(overrides), progress))
         done_now += fresh
 
+    # The momentum runs' temperature is chosen later: a seed counts as done if either exists.
+    momentum_todo = 0 if quick else sum(
+        not any(finished(Run("distcl_diag_momentum", t, seed).name) for t in temperatures) for seed in seeds)
     for k, run in enumerate(runs, 1):
-        one(run, k)
+        one(run, k, sum(not finished(r.name) for r in runs[k - 1:]) + momentum_todo)
     if not quick:
-        for k, run in enumerate(momentum_runs(results, seeds, temperatures), len(runs) + 1):
-            one(run, k)
+        later = momentum_runs(results, seeds, temperatures)
+        for k, run in enumerate(later, len(runs) + 1):
+            one(run, k, sum(not finished(r.name) for r in later[k - len(runs) - 1:]))
     summary = summarise(results, out)
     print((out / "table.md").read_text())
     return summary

@@ -64,11 +64,15 @@ def test_paired_comparisons_call_a_finding_only_beyond_the_seed_spread():
     rows = [row("source_only", None, [50.0, 55.0, 60.0]),
             row("self_training", None, [51.0, 56.0, 61.5]),     # +1.2 on average, spread 5: no
             row("protocl", 0.1, [60.0, 66.0, 70.0]),            # +10.3 over source-only: yes
-            row("protocl", 100.0, [59.0, 67.0, 69.0])]          # -0.0 .. : no
+            row("protocl", 100.0, [59.0, 67.0, 69.0]),          # -0.0 .. : no
+            row("bankcl", 100.0, [59.5, 67.0, 69.0])]
     pairs = {(p["a"], p["b"]): p for p in ablation.comparisons(rows)}
     assert set(pairs) == {("self_training", "source_only"), ("protocl T=0.1", "source_only"),
                           ("protocl T=0.1", "self_training"), ("protocl T=100", "source_only"),
-                          ("protocl T=100", "self_training"), ("protocl T=0.1", "protocl T=100")}
+                          ("protocl T=100", "self_training"), ("protocl T=0.1", "protocl T=100"),
+                          ("bankcl T=100", "source_only"), ("bankcl T=100", "self_training"),
+                          ("bankcl T=100", "protocl T=100")}
+    assert pairs[("bankcl T=100", "protocl T=100")]["diff"] == [0.5, 0.0, 0.0]
     gain = pairs[("protocl T=0.1", "source_only")]
     assert gain["diff"] == [10.0, 11.0, 10.0] and gain["finding"]
     assert not pairs[("self_training", "source_only")]["finding"]
