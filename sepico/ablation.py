@@ -2,8 +2,9 @@
 the temperature matters (design section 9).
 
 Variants (each with every seed): source-only; self-training without a contrastive loss; a control
-with DistCL's passes but its loss weighted 0 (``target_pass_no_cl``); ProtoCL, BankCL, DistCL diagonal and DistCL full, each at every temperature; then DistCL diagonal at the
-better of its temperatures with forgetting statistics (estimator momentum). Every run starts from
+with DistCL's passes but its loss weighted 0 (``target_pass_no_cl``); ProtoCL, BankCL, DistCL
+diagonal and DistCL full, each at every temperature; then DistCL diagonal at the better of its
+temperatures with forgetting statistics (estimator momentum). Every run starts from
 the demo's config (``configs/synthetic_demo.toml``) and writes ``<out>/runs/<name>/result.json`` as
 it ends; a rerun skips finished runs and resumes an interrupted one from its last checkpoint.
 ``<out>/summary.json``, ``<out>/table.md`` and two PNGs are rewritten from all results at the end.
