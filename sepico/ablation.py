@@ -219,8 +219,9 @@ def _plots(rows, out: Path) -> None:
 
     labels = [r["variant"] + ("" if r["temperature"] is None else f"\nT={r['temperature']:g}") for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
+    colours = ["tab:gray" if r["variant"] in PLAIN else "tab:blue" for r in rows]  # no contrastive loss: grey
     ax.bar(range(len(rows)), [r["miou_mean"] for r in rows], yerr=[r["miou_std"] for r in rows], capsize=4,
-           color="tab:blue", alpha=0.7)
+           color=colours, alpha=0.7)
     for i, r in enumerate(rows):  # every seed as a dot: three seeds make a thin error bar
         ax.plot([i] * len(r["miou"]), r["miou"], "k.", markersize=5)
     lowest = min(min(r["miou"]) for r in rows)
