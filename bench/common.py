@@ -361,12 +361,13 @@ def call(case: Case, run, feats, timer: Timer, hooks=None) -> dict:
 
 # --------------------------------------------------------------------------- memory child (CPU)
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
+def status_kb(field: str, pid="self") -> int:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM, VmSize); also used by the memory scripts."""
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
 
 
 def _mem_available() -> int:
@@ -403,7 +404,7 @@ def child_main(spec: dict) -> dict:
     # The limit holds from here on, warm-up (and torch.compile at the full shape) included: a
     # case that does not fit fails its own allocation instead of pushing the machine into the
     # OOM killer.
-    limit = int(_status_kb("VmSize") * 1024 + max(0, _mem_available() - MEMORY_MARGIN))
+    limit = int(status_kb("VmSize") * 1024 + max(0, _mem_available() - MEMORY_MARGIN))
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         # Warm-up: libraries, thread pools, the allocator. torch.compile is warmed (compiled)
@@ -428,10 +429,10 @@ def child_main(spec: dict) -> dict:
 
     def probe(name):
         def fn():
-            marks[name] = (_status_kb("VmRSS"), _status_kb("VmHWM"))
+            marks[name] = (status_kb("VmRSS"), status_kb("VmHWM"))
             if name in ("start", "between"):
                 _reset_peak()
-                marks[name + "_after_reset"] = _status_kb("VmRSS")
+                marks[name + "_after_reset"] = status_kb("VmRSS")
         return fn
 
     hooks = {k: probe(k) for k in ("start", "between", "end")}

@@ -27,19 +27,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from a checkout, installed or not
     sys.path.insert(0, ROOT)
 
+from bench.common import status_kb  # noqa: E402
+
 B, DIM, C, STRIDE, MEMORY = 2, 256, 19, 4, 200
 SIZES = {"full": (1024, 2048), "small": (256, 512)}
 
 
 # --------------------------------------------------------------------------- one case (child)
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def _inputs(height, width, *, seed=0):
     """Float32 feat [B, D, H/4, W/4] (ReLU + L2 norm, like the projection head), int64 labels
@@ -124,12 +118,12 @@ def _child(name, size):
     run()
     run, inputs_mb, _ = _case_fn(name, *SIZES[size])
     ctypes.CDLL(None).malloc_trim(0)  # hand freed heap back, so reusing it counts as growth
-    before = _rss_kb("VmRSS")
+    before = status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
     run()
-    peak = _rss_kb("VmHWM")
-    after = _rss_kb("VmRSS")
+    peak = status_kb("VmHWM")
+    after = status_kb("VmRSS")
     print(json.dumps({"case": name, "peak_mb": (peak - before) / 1024, "kept_mb": (after - before) / 1024,
                       "inputs_mb": inputs_mb}))
 

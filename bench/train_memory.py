@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout, installed or not
     sys.path.insert(0, str(ROOT))
 
+from bench.common import status_kb  # noqa: E402
+
 CASES = ("all_on", "no_checkpointing", "reference_losses", "teacher_no_grad", "teacher_grad")
 SIZES = {"256x512": (256, 512), "512x1024": (512, 1024), "1024x2048": (1024, 2048)}
 DEFAULT_SIZES = ("512x1024", "1024x2048")
@@ -201,14 +203,6 @@ def budget(trainer) -> dict:
 
 # --------------------------------------------------------------------------- one case (child)
 
-def _status_kib(field: str, pid="self") -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def _child(args) -> None:
     import torch
 
@@ -226,14 +220,14 @@ def _child(args) -> None:
         return
     warm_up(trainer)
     ctypes.CDLL(None).malloc_trim(0)
-    before = _status_kib("VmRSS")
+    before = status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
     start = time.perf_counter()
     log = trainer.step()
     seconds = time.perf_counter() - start
-    row |= {"before_gib": before / 2 ** 20, "peak_gib": _status_kib("VmHWM") / 2 ** 20,
-            "after_gib": _status_kib("VmRSS") / 2 ** 20, "step_s": seconds,
+    row |= {"before_gib": before / 2 ** 20, "peak_gib": status_kb("VmHWM") / 2 ** 20,
+            "after_gib": status_kb("VmRSS") / 2 ** 20, "step_s": seconds,
             "losses": {k: v for k, v in log.items() if k.startswith("loss")}}
     print(json.dumps(row))
 
@@ -251,8 +245,8 @@ def _run_case(case, size, root, limit_gib, budget_only=False) -> dict:
     def watch():
         while proc.poll() is None:
             try:
-                rss = _status_kib("VmRSS", proc.pid) / 2 ** 20
-            except (FileNotFoundError, ProcessLookupError):
+                rss = status_kb("VmRSS", proc.pid) / 2 ** 20
+            except (FileNotFoundError, ProcessLookupError, RuntimeError):  # gone, or a zombie
                 return
             highest[0] = max(highest[0], rss)
             if rss > limit_gib:
