@@ -9,7 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["kernels", "kernels.*", "sepico", "sepico.*"]),
-    install_requires=["torch>=2.4", "triton>=3.2", "numpy", "tqdm", "matplotlib", "Pillow"],
+    install_requires=["torch>=2.4", "triton>=3.2", "numpy", "tqdm", "matplotlib", "Pillow",
+                      "opencv-python-headless"],
     entry_points={"console_scripts": ["sepico=sepico.cli:main"]},
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],

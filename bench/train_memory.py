@@ -13,11 +13,10 @@ target contrastive loss covers every target pixel outside the ignored rows), rea
 Cityscapes fixture tree of images of exactly that size written to a temporary folder. Cases:
 
 - ``all_on``: encoder activation checkpointing, the fused DistCL and estimator update
-  (``sepico.losses`` / ``kernels``), teacher under ``torch.inference_mode``;
+  (``sepico.losses`` / ``kernels``), teacher passes under ``torch.no_grad``;
 - ``no_checkpointing``: every encoder activation kept for the backward;
 - ``reference_losses``: DistCL as the public code writes it and the public estimator update,
   which expands the source pixels to N x C x D (``sepico.reference``);
-- ``teacher_no_grad``: the teacher under ``torch.no_grad`` instead of ``inference_mode``;
 - ``teacher_grad``: the teacher run with autograd on (its parameters requiring grad), as a loop
   that forgets ``no_grad`` does: its graph lives until the end of the iteration.
 
@@ -50,7 +49,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout, installed or n
 
 from bench.common import status_kb  # noqa: E402
 
-CASES = ("all_on", "no_checkpointing", "reference_losses", "teacher_no_grad", "teacher_grad")
+CASES = ("all_on", "no_checkpointing", "reference_losses", "teacher_grad")
 SIZES = {"256x512": (256, 512), "512x1024": (512, 1024), "1024x2048": (1024, 2048)}
 DEFAULT_SIZES = ("512x1024", "1024x2048")
 MODEL, DIM, C = "daformer_mit_b5", 256, 19
@@ -125,10 +124,8 @@ def iteration_config(gta5: Path, cityscapes: Path, height: int, width: int, *, c
 def apply_case(trainer, case: str) -> None:
     """Switch one memory measure off on a built trainer (``all_on`` and ``no_checkpointing``
     need nothing here: checkpointing is a config field)."""
-    import torch
-
     from sepico import reference
-    from sepico.train import trainer as trainer_module
+    from sepico.data.transforms import normalize
 
     if case == "reference_losses":
         def contrastive(self, feat, label):
@@ -138,9 +135,11 @@ def apply_case(trainer, case: str) -> None:
                 use_avg_pool=m.use_avg_pool, scale_min_ratio=m.scale_min_ratio, num_classes=C,
                 reg_weight=m.reg_weight)
 
-        def update(self, emb, label):
+        def update(self, src_img, src_lbl):
             m, est = self.cfg.method, self.estimator
-            small = reference.contrast_pixels_reference(emb, label, use_avg_pool=m.use_avg_pool,
+            with self._teacher_pass():
+                emb = self.teacher.project(self.teacher.encode(normalize(src_img)))
+            small = reference.contrast_pixels_reference(emb, src_lbl, use_avg_pool=m.use_avg_pool,
                                                         scale_min_ratio=m.scale_min_ratio, num_classes=C)
             feats, labels = small
             est._count, est._mean, est._cov = reference.update_class_distribution_onehot_reference(
@@ -148,16 +147,17 @@ def apply_case(trainer, case: str) -> None:
 
         trainer._contrastive = types.MethodType(contrastive, trainer)
         trainer._update_distribution = types.MethodType(update, trainer)
-    elif case in ("teacher_no_grad", "teacher_grad"):
-        # The trainer enters torch.inference_mode() around its teacher pass; hand it another
-        # context instead, through a stand-in for the torch module it sees.
-        context = torch.no_grad if case == "teacher_no_grad" else contextlib.nullcontext
-        trainer_module.torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch)
-                                                       if not k.startswith("__")})
-        trainer_module.torch.inference_mode = context
-        if case == "teacher_grad":
-            for p in trainer.teacher.parameters():
-                p.requires_grad_(True)
+    elif case == "teacher_grad":
+        # The teacher passes with autograd on, as a loop that forgets no_grad: their graphs live
+        # as long as their outputs.
+        @contextlib.contextmanager
+        def teacher_pass(self):
+            with self._autocast():
+                yield
+
+        trainer._teacher_pass = types.MethodType(teacher_pass, trainer)
+        for p in trainer.teacher.parameters():
+            p.requires_grad_(True)
     elif case not in ("all_on", "no_checkpointing"):
         raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
 

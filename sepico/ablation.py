@@ -3,7 +3,11 @@ the temperature matters (design section 9).
 
 Variants (each with every seed): source-only; self-training without a contrastive loss; a control
 with DistCL's passes but its loss weighted 0 (``target_pass_no_cl``); ProtoCL, BankCL, DistCL
-diagonal and DistCL full, each at every temperature; then DistCL diagonal at the better of its
+diagonal and DistCL full, each at every temperature; self-training, the control and DistCL
+diagonal with GroupNorm in the small model's encoder (``*_gn``: no batch statistics there, so a
+target batch reaches the encoder only through the contrastive gradient); DistCL diagonal in this
+project's earlier loop (``distcl_diag_earlier_loop``: running-statistics teacher, decode head in
+the target pass); then DistCL diagonal at the better of its
 temperatures with forgetting statistics (estimator momentum). Every run starts from
 the demo's config (``configs/synthetic_demo.toml``) and writes ``<out>/runs/<name>/result.json`` as
 it ends; a rerun skips finished runs and resumes an interrupted one from its last checkpoint.
@@ -11,7 +15,6 @@ it ends; a rerun skips finished runs and resumes an interrupted one from its las
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -34,9 +37,27 @@ PLAIN = {
     # over the strongly augmented target images (BatchNorm in train mode sees target batches),
     # but no contrastive gradient reaches it.
     "target_pass_no_cl": ["method.variant=dist", "method.contrast_weight=0"],
+    "self_training_gn": ["method.variant=self_training", "model.encoder_norm=group"],
+    "target_pass_no_cl_gn": ["method.variant=dist", "method.contrast_weight=0", "model.encoder_norm=group"],
+}
+# Contrastive variants at the demo's temperature only.
+AT_DEMO_TEMPERATURE = {
+    "distcl_diag_gn": CONTRASTIVE["distcl_diag"] + ["model.encoder_norm=group"],
+    "distcl_diag_earlier_loop": CONTRASTIVE["distcl_diag"] + ["method.teacher_statistics=running",
+                                                             "method.target_pass=full"],
+}
+DEMO_TEMPERATURE = 0.1
+# What each variant is compared with beyond source-only and self-training (paired, same seeds).
+COUNTERPARTS = {
+    "self_training_gn": [("self_training", None)],
+    "target_pass_no_cl_gn": [("self_training_gn", None), ("target_pass_no_cl", None)],
+    "distcl_diag_gn": [("self_training_gn", None), ("target_pass_no_cl_gn", None),
+                       ("distcl_diag", DEMO_TEMPERATURE)],
+    "distcl_diag_earlier_loop": [("distcl_diag", DEMO_TEMPERATURE)],
 }
 MOMENTUM = 0.99  # forgetting variant: the statistics follow about the last 100 batches
-QUICK = ("source_only", "self_training", "target_pass_no_cl", "protocl", "distcl_diag")
+QUICK = ("source_only", "self_training", "target_pass_no_cl", "protocl", "distcl_diag", "self_training_gn",
+         "distcl_diag_gn", "distcl_diag_earlier_loop")
 
 
 @dataclass
@@ -64,6 +85,8 @@ def plan(seeds, temperatures=TEMPERATURES, quick=False) -> list[Run]:
                 continue
             for t in temperatures:
                 runs.append(Run(variant, t, seed, over + [f"method.temperature={t}"]))
+        for variant, over in AT_DEMO_TEMPERATURE.items():
+            runs.append(Run(variant, DEMO_TEMPERATURE, seed, over + [f"method.temperature={DEMO_TEMPERATURE}"]))
     return runs
 
 
@@ -151,20 +174,22 @@ def comparisons(rows) -> list[dict]:
     Every variant against source-only and against self-training alone, each contrastive variant's
     temperature 0.1 against 100, each contrastive variant against the control that makes the same
     passes with the loss weighted 0, BankCL and DistCL against ProtoCL at the same temperature,
-    and the forgetting statistics against the same DistCL without.
+    the forgetting statistics against the same DistCL without, and the GroupNorm and earlier-loop
+    variants against their counterparts (``COUNTERPARTS``).
     ``finding`` is true only where the mean difference exceeds the seed spread: the standard
     deviation of the paired differences and of either side's mIoU.
     """
     by = {(row["variant"], row["temperature"]): row for row in rows}
     wanted = []
     for key in by:
-        bases = [] if key[0] == "source_only" else [("source_only", None)]
-        if key[0] not in ("source_only", "self_training"):
-            bases.append(("self_training", None))
-        if key[0] not in PLAIN:  # a contrastive gradient against the same passes without it
-            bases.append(("target_pass_no_cl", None))
-        wanted += [(key, base) for base in bases if base in by]
         variant, t = key
+        bases = [] if variant == "source_only" else [("source_only", None)]
+        if variant not in ("source_only", "self_training"):
+            bases.append(("self_training", None))
+        if variant in CONTRASTIVE or variant == "distcl_diag_momentum":
+            bases.append(("target_pass_no_cl", None))  # a contrastive gradient against the same passes without it
+        bases += COUNTERPARTS.get(variant, [])
+        wanted += [(key, base) for base in bases if base in by]
         if variant in CONTRASTIVE and t == TEMPERATURES[0]:
             wanted += [(key, (variant, other)) for other in TEMPERATURES[1:] if (variant, other) in by]
         if variant in CONTRASTIVE and variant != "protocl" and ("protocl", t) in by:
@@ -219,7 +244,7 @@ def _plots(rows, out: Path) -> None:
 
     labels = [r["variant"] + ("" if r["temperature"] is None else f"\nT={r['temperature']:g}") for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
-    colours = ["tab:gray" if r["variant"] in PLAIN else "tab:blue" for r in rows]  # no contrastive loss: grey
+    colours = ["tab:gray" if r["variant"] in PLAIN else "tab:blue" for r in rows]  # no contrastive gradient: grey
     ax.bar(range(len(rows)), [r["miou_mean"] for r in rows], yerr=[r["miou_std"] for r in rows], capsize=4,
            color=colours, alpha=0.7)
     for i, r in enumerate(rows):  # every seed as a dot: three seeds make a thin error bar
@@ -251,36 +276,66 @@ def _plots(rows, out: Path) -> None:
 
 
 def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out="runs/ablation", config=DEFAULT_CONFIG,
-           overrides=(), progress=True, temperatures=TEMPERATURES) -> dict:
+           overrides=(), progress=True, temperatures=TEMPERATURES, jobs=1, threads=1) -> dict:
+    """Every run of the plan (``jobs`` at a time, each in its own process with ``threads`` torch
+    threads when ``jobs > 1``), then the momentum runs, then the summary."""
     out, config = Path(out), Path(config)
     runs = plan(seeds, temperatures, quick)
     total = len(runs) + (0 if quick else len(seeds))
-    results, started, done_now = [], time.perf_counter(), 0
+    results, started, done = [], time.perf_counter(), [0, 0]  # runs seen, runs trained now
 
     def finished(name):
         return (out / "runs" / name / "result.json").exists()
 
-    def one(run, k, todo):
-        nonlocal done_now
-        fresh = not finished(run.name)
-        elapsed = time.perf_counter() - started
-        left = "?" if not done_now else f"{elapsed / done_now * todo / 60:.0f} min"
-        print(f"[ablation] run {k} of {total}: {run.name} (time left about {left})", flush=True)
-        results.append(execute(run, config, out, iters, list(overrides), progress))
-        done_now += fresh
-
     # The momentum runs' temperature is chosen later: a seed counts as done if either exists.
     momentum_todo = 0 if quick else sum(
         not any(finished(Run("distcl_diag_momentum", t, seed).name) for t in temperatures) for seed in seeds)
-    for k, run in enumerate(runs, 1):
-        one(run, k, sum(not finished(r.name) for r in runs[k - 1:]) + momentum_todo)
+
+    def report(run, fresh, todo):
+        done[0] += 1
+        done[1] += fresh
+        elapsed = time.perf_counter() - started
+        left = "?" if not done[1] else f"{elapsed / done[1] * todo / 60:.0f} min"
+        print(f"[ablation] run {done[0]} of {total}: {run.name} {'done' if fresh else 'read back'} "
+              f"(time left about {left})", flush=True)
+
+    def run_batch(batch, later_todo):
+        todo = sum(not finished(r.name) for r in batch) + later_todo
+        if jobs <= 1:
+            for run in batch:
+                fresh = not finished(run.name)
+                results.append(execute(run, config, out, iters, list(overrides), progress))
+                todo -= fresh
+                report(run, fresh, todo)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_threads,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(execute, run, config, out, iters, list(overrides), False):
+                       (run, not finished(run.name)) for run in batch}
+            by_name = {}
+            for future in as_completed(futures):
+                run, fresh = futures[future]
+                by_name[run.name] = future.result()
+                todo -= fresh
+                report(run, fresh, todo)
+        results.extend(by_name[run.name] for run in batch)  # the plan's order, whatever finished first
+
+    run_batch(runs, momentum_todo)
     if not quick:
-        later = momentum_runs(results, seeds, temperatures)
-        for k, run in enumerate(later, len(runs) + 1):
-            one(run, k, sum(not finished(r.name) for r in later[k - len(runs) - 1:]))
+        run_batch(momentum_runs(results, seeds, temperatures), 0)
     summary = summarise(results, out)
     print((out / "table.md").read_text())
     return summary
+
+
+def _worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
 
 
 def add_arguments(p) -> None:
@@ -293,6 +348,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per run (default 1, as the demo: the model is small)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each in its own process (default 1; one per core is a good choice)")
 
 
 def run_from_args(args) -> int:
@@ -300,6 +357,9 @@ def run_from_args(args) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     seeds = args.seeds[:1] if args.quick else args.seeds
+    if args.jobs < 1 or args.threads < 1:
+        raise SystemExit("sepico ablate: --jobs and --threads must be >= 1")
     ablate(seeds=seeds, quick=args.quick, iters=args.iters, out=args.out, config=args.config,
-           overrides=args.overrides, progress=not args.no_progress)
+           overrides=args.overrides, progress=not args.no_progress and args.jobs == 1, jobs=args.jobs,
+           threads=args.threads)
     return 0

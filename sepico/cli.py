@@ -31,10 +31,9 @@ def _eval(args) -> int:
     import torch
 
     from sepico.evaluation import evaluate, format_table
-    from sepico.models import build_model
     from sepico.train.config import apply_overrides, from_dict, validate
     from sepico.train.data import build_test_dataset
-    from sepico.train.trainer import resolve_device
+    from sepico.train.trainer import build_run_model, resolve_device
 
     path = Path(args.checkpoint)
     if not path.is_file():
@@ -53,8 +52,7 @@ def _eval(args) -> int:
     device = resolve_device(args.device)
     test, classes = build_test_dataset(cfg)
     m = cfg.model
-    width = {"embed_dim": m.head_channels, "channels": m.head_channels} if m.name.startswith("daformer") else {}
-    model = build_model(m.name, num_classes=m.num_classes, proj_dim=m.proj_dim, **width)
+    model = build_run_model(m)
     model.load_state_dict(state["teacher" if args.teacher else "model"])
     model.to(device)
     d = cfg.data

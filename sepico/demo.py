@@ -257,7 +257,7 @@ def _iou_keys():
 
 @torch.no_grad()
 def predict(model, images, device) -> torch.Tensor:
-    from sepico.train.augment import normalize
+    from sepico.data.transforms import normalize
 
     was = model.training
     model.eval()

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from sepico.data.cityscapes import CLASS_NAMES
 from sepico.data.label_maps import PROTOCOLS
-from sepico.train.augment import normalize
+from sepico.data.transforms import normalize
 
 MODES = ("whole", "slide")
 
@@ -81,7 +81,10 @@ def predict_logits(model, images: torch.Tensor, label_size, *, num_classes: int,
     """float32 logits [B, C, *label_size] of images in [0, 1] (normalised here)."""
     x = normalize(images)
     if mode == "whole":
-        logits = model.predict_logits(x).float()
+        # Two resizes, as the official test path: to the network input (encode_decode), then to
+        # the label (whole_inference); one straight resize flips some pixels at the border of classes.
+        logits = F.interpolate(model.predict_logits(x).float(), size=x.shape[-2:], mode="bilinear",
+                               align_corners=False)
     elif mode == "slide":
         logits = slide_logits(model, x, num_classes, window, stride)
     else:

@@ -78,3 +78,14 @@ def test_paired_comparisons_call_a_finding_only_beyond_the_seed_spread():
     assert not pairs[("self_training", "source_only")]["finding"]
     assert not pairs[("protocl T=0.1", "protocl T=100")]["finding"]
     assert "| protocl T=0.1 | source_only | +10.3 ± 0.6 | 3 | yes |" in ablation.markdown(rows, list(pairs.values()))
+
+
+def test_parallel_runs_give_the_results_of_one_at_a_time(tmp_path):
+    """--jobs 2: runs in two processes, each with one thread; the same results as one process
+    (each run is a pure function of its config and seed), in the plan's order."""
+    one = ablation.ablate(seeds=[0], quick=True, iters=2, out=tmp_path / "one", overrides=TINY, progress=False)
+    two = ablation.ablate(seeds=[0], quick=True, iters=2, out=tmp_path / "two", overrides=TINY, progress=False,
+                          jobs=2, threads=1)
+    assert [(r["variant"], r["temperature"], r["miou"]) for r in one["rows"]] == \
+        [(r["variant"], r["temperature"], r["miou"]) for r in two["rows"]]
+    assert len(list((tmp_path / "two" / "runs").glob("*/result.json"))) == len(ablation.plan([0], quick=True))

@@ -79,7 +79,7 @@ def test_small_model_shapes_strides_and_unit_embeddings(size):
     with torch.no_grad():
         torch.testing.assert_close(model.predict_logits(x), model(x)[0], rtol=0, atol=0)
     params = list(model.parameters())
-    groups = model.parameter_groups(1e-3)
+    groups = model.parameter_groups(1e-3, 0.01)
     assert sum(len(g["params"]) for g in groups) == len(params)
 
 

@@ -76,8 +76,15 @@ def _trainer_worker(rank, world, port, run_dir, max_iters, resume, out):
     cfg = tiny_config("dist")
     cfg.train.max_iters = max_iters
     trainer = Trainer(cfg, run_dir, resume=resume, progress=False)
+    calls = {"decode": 0, "project": 0}  # training passes (autograd on), not the evaluation
+
+    def count(key):
+        return lambda *_: calls.__setitem__(key, calls[key] + torch.is_grad_enabled())
+
+    trainer.model.decode_head.register_forward_hook(count("decode"))
+    trainer.model.projection_head.register_forward_hook(count("project"))
     trainer.train()
-    torch.save(_state(trainer), out.format(rank=rank))
+    torch.save({"state": _state(trainer), "calls": calls}, out.format(rank=rank))
     dist.destroy_process_group()
 
 
@@ -88,15 +95,24 @@ def _run(tmp_path, name, max_iters, resume=False, run=None):
     return [torch.load(out.format(rank=r)) for r in range(2)]
 
 
+def _states(results):
+    return [r["state"] for r in results]
+
+
 def test_two_process_training_keeps_ranks_identical_and_resumes(tmp_path):
     from tests.test_train import _assert_same
 
     run = tmp_path / "run"
-    straight = _run(tmp_path, "straight", 3, run=run)
+    results = _run(tmp_path, "straight", 3, run=run)
+    # The official heads per pass under torchrun too (decode head: source + mix passes, no target
+    # pass; projection head: source + target passes from start_distribution_iter = 1 on), with
+    # the gradients averaged over the ranks (the student's outputs stay identical).
+    assert [r["calls"] for r in results] == [{"decode": 6, "project": 4}] * 2
+    straight = _states(results)
     _assert_same(straight[0], straight[1])  # model, teacher, estimator, optimizer state
     # The run wrote checkpoints at 2 and 3 (rank 0, with every rank's RNG state). Drop the
     # last: resuming from iteration 2 must end exactly where the uninterrupted run ended.
     (run / "ckpt_00000003.pt").unlink()
-    resumed = _run(tmp_path, "resumed", 3, resume=True, run=run)
+    resumed = _states(_run(tmp_path, "resumed", 3, resume=True, run=run))
     _assert_same(resumed[0], resumed[1])
     _assert_same(resumed[0], straight[0])

@@ -400,13 +400,45 @@ def test_activation_checkpointing_same_outputs_gradients_and_buffers(name, kw):
 @pytest.mark.parametrize("family", ["daformer", "deeplab"])
 def test_parameter_groups_cover_every_parameter_once(family, request):
     model = request.getfixturevalue(family)
-    groups = model.parameter_groups(lr=6e-5)
+    groups = model.parameter_groups(lr=6e-5, weight_decay=0.01)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert set(ids) == {id(p) for p in model.parameters()}
-    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
-    assert [g["lr"] for g in groups] == [6e-5, pytest.approx(6e-4)]
+    head_ids = {id(p) for p in model.decode_head.parameters()} | {id(p) for p in model.projection_head.parameters()}
+    by_name = {g["name"]: g for g in groups}
+    assert {id(p) for p in by_name["head"]["params"]} == head_ids
+    assert by_name["head"]["lr"] == pytest.approx(6e-4) and by_name["head"]["weight_decay"] == 0.01
+    assert by_name["encoder"]["lr"] == 6e-5 and by_name["encoder"]["weight_decay"] == 0.01
     torch.optim.AdamW(groups, lr=6e-5)  # the groups are accepted as they are
+
+
+def test_parameter_groups_follow_mmcv_custom_keys():
+    """The published paramwise_cfg (SePiCo experiments.py:151-161: custom_keys head lr_mult 10,
+    pos_block and norm decay_mult 0) as mmcv 1.3.7's DefaultOptimizerConstructor applies it
+    (default_constructor.py:154, 181-189: keys longest first, ties alphabetical, first substring
+    match only): MiT's LayerNorms do not decay, head parameters decay at 10x lr even where their
+    name holds 'norm', BatchNorms named 'bn' decay."""
+    model = tiny("daformer_mit_b0")
+    groups = model.parameter_groups(lr=1e-3, weight_decay=0.05, head_lr_mult=10.0)
+    setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    for name, p in names.items():
+        if "head" in name:
+            expected = (pytest.approx(1e-2), 0.05)
+        elif "norm" in name:
+            expected = (1e-3, 0.0)
+        else:
+            expected = (1e-3, 0.05)
+        assert setting[id(p)] == expected, name
+    # The MiT norms the rule catches, by their official names.
+    for name in ("encoder.patch_embed1.norm.weight", "encoder.block1.0.norm1.weight",
+                 "encoder.block1.0.attn.norm.bias", "encoder.norm4.weight"):
+        assert setting[id(names[name])] == (1e-3, 0.0), name
+    assert setting[id(names["encoder.block1.0.attn.q.weight"])] == (1e-3, 0.05)
+    deeplab = build_model("deeplabv2_r18", num_classes=3, proj_dim=4)
+    bn = dict(deeplab.named_parameters())["encoder.bn1.weight"]
+    decay = {id(p): g["weight_decay"] for g in deeplab.parameter_groups(1e-3, 0.05) for p in g["params"]}
+    assert decay[id(bn)] == 0.05  # ResNet BatchNorms are named bn*: they decay, as in mmseg
 
 
 def test_set_dropout_survives_train_and_keeps_batchnorm_training():

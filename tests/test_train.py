@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sepico.data.transforms import normalize
 from sepico.train import Trainer, augment
 from sepico.train.checkpoint import latest_checkpoint, list_checkpoints
 from sepico.train.config import Config, ConfigError, apply_overrides, from_dict, load_config, validate
@@ -145,7 +146,7 @@ def test_ema_update_rule(tmp_path):
 def test_class_mix_masks_take_half_the_classes():
     gen = torch.Generator().manual_seed(0)
     labels = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 3], [4, 4, 4, 4]]])
-    mask = augment.class_mix_masks(labels, gen)
+    mask = augment.class_mix_masks(labels, gen, per="image")
     chosen = torch.unique(labels[mask])
     assert len(chosen) == 3  # 5 classes present: half, rounded up
     assert not mask[labels == 255].any()
@@ -177,11 +178,11 @@ def test_estimator_is_fed_teacher_source_embeddings_only(tmp_path, monkeypatch):
     trainer.step()
     assert len(seen) == 1
     feats, lbl = seen[0]
-    with torch.no_grad():
-        trainer.teacher.eval()
-        _, emb = trainer.teacher(augment.normalize(images))
-    # The teacher was updated (EMA) at the start of the step, before embedding; it has not
-    # changed since (the optimiser only moves the student), so embedding again reproduces it.
+    with torch.no_grad():  # the teacher as the step ran it: training-mode BatchNorm, dropout off
+        _, emb = trainer.teacher(normalize(images))
+    # The teacher was updated (EMA) at the start of the step, before embedding; its parameters
+    # have not changed since (the optimiser only moves the student), and its BatchNorm layers
+    # normalise with the batch's statistics, so embedding again reproduces it.
     expected = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
     torch.testing.assert_close(feats, expected)
     assert lbl.shape[0] == feats.shape[0]

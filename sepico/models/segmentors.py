@@ -30,8 +30,12 @@ class Segmentor(nn.Module):
     """Common surface of the model families (``encoder``, ``decode_head``, ``projection_head``).
 
     - ``forward(x)`` -> (logits, embeddings); ``predict_logits(x)`` skips the projection head.
-    - ``encoder_parameters()`` / ``head_parameters()`` split the parameters (each exactly once);
-      ``parameter_groups(lr, head_lr_mult=10)`` builds the optimiser groups from them.
+    - The three parts one at a time, for the training passes that run only some of them (SePiCo's
+      target pass: encoder + projection head; its mix pass: encoder + decode head):
+      ``encode(x)`` -> stage features, ``decode(features)`` -> logits, ``project(features)`` ->
+      embeddings.
+    - ``encoder_parameters()``; ``parameter_groups(lr, weight_decay, head_lr_mult=10)`` builds the official optimiser
+      groups (heads at 10x lr, no decay on normalisation layers named ``norm``).
     - ``set_dropout(False)`` switches dropout and drop-path off and keeps them off across
       ``train()`` calls, while BatchNorm keeps following the train / eval mode (the EMA teacher
       of DAFormer and SePiCo runs like that); ``eval()`` switches everything off.
@@ -62,14 +66,24 @@ class Segmentor(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.encoder(self._check_input(x))
-        logits = self._decode(features)
-        embeddings = self.projection_head([features[i] for i in self.projection_stages])
-        return logits, embeddings
+        features = self.encode(x)
+        return self.decode(features), self.project(features)
 
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits only (evaluation, pseudo labels), without the projection head's cost."""
-        return self._decode(self.encoder(self._check_input(x)))
+        return self.decode(self.encode(x))
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's stage features of images [B, in_chans, H, W]."""
+        return self.encoder(self._check_input(x))
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Logits from the encoder's stage features."""
+        return self._decode(features)
+
+    def project(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Unit-norm embeddings from the encoder's stage features."""
+        return self.projection_head([features[i] for i in self.projection_stages])
 
     def _decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -86,14 +100,25 @@ class Segmentor(nn.Module):
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()
 
-    def head_parameters(self) -> Iterator[nn.Parameter]:
-        yield from self.decode_head.parameters()
-        yield from self.projection_head.parameters()
-
-    def parameter_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
-        """Optimiser groups: the encoder at ``lr``, both heads at ``lr * head_lr_mult``."""
-        return [{"name": "encoder", "params": list(self.encoder_parameters()), "lr": lr},
-                {"name": "heads", "params": list(self.head_parameters()), "lr": lr * head_lr_mult}]
+    def parameter_groups(self, lr: float, weight_decay: float, head_lr_mult: float = 10.0) -> list[dict]:
+        """Optimiser groups as mmcv's ``DefaultOptimizerConstructor`` builds them for the published
+        ``paramwise_cfg.custom_keys`` (``head``: lr x 10; ``pos_block`` and ``norm``: no weight
+        decay): a parameter takes the first key its name contains, longest key first (ties in
+        alphabetical order), and that key only. So the LayerNorms of MiT (``norm1``, ``attn.norm``,
+        ``patch_embed*.norm``, ``norm1..4``) do not decay, every head parameter decays at 10x lr
+        (``head`` wins over ``norm``), and BatchNorms named ``bn`` decay like the convolutions.
+        Groups: ``encoder``, then ``norm`` / ``pos_block`` / ``head`` where they have parameters."""
+        rules = {"head": (head_lr_mult, 1.0), "norm": (1.0, 0.0), "pos_block": (1.0, 0.0)}
+        order = sorted(sorted(rules), key=len, reverse=True)
+        groups: dict[str, dict] = {}
+        for name, param in self.named_parameters():
+            key = next((k for k in order if k in name), None)
+            lr_mult, decay_mult = rules.get(key, (1.0, 1.0))
+            group = groups.setdefault(key or "encoder", {"name": key or "encoder", "params": [],
+                                                         "lr": lr * lr_mult,
+                                                         "weight_decay": weight_decay * decay_mult})
+            group["params"].append(param)
+        return sorted(groups.values(), key=lambda g: ["encoder", "norm", "pos_block", "head"].index(g["name"]))
 
     # ------------------------------------------------------------------ modes
 

@@ -33,10 +33,13 @@ class SmallConvEncoder(nn.Module):
     Each map is ceil(H / stride) x ceil(W / stride).
     """
 
-    def __init__(self, in_chans: int = 3, width: int = 16, activation_checkpointing: bool = False):
+    def __init__(self, in_chans: int = 3, width: int = 16, activation_checkpointing: bool = False,
+                 norm: str = "batch"):
         super().__init__()
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
+        if norm not in ("batch", "group"):
+            raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
         self.in_chans = in_chans
         c0, c1, c2 = width, 2 * width, 4 * width
         self.stages = nn.ModuleList([
@@ -45,6 +48,13 @@ class SmallConvEncoder(nn.Module):
             nn.Sequential(_strided(c1, c2)),
             nn.Sequential(ConvBNReLU(c2, c2, 3, dilation=2), ConvBNReLU(c2, c2, 3, dilation=4)),
         ])
+        if norm == "group":
+            # Per-image normalisation: no batch statistics, so a target batch cannot reach the
+            # encoder through its normalisation layers (the ablation's question); the layer keeps
+            # its attribute name so the rest of the code sees one layout.
+            for layer in self.modules():
+                if isinstance(layer, ConvBNReLU):
+                    layer.bn = nn.GroupNorm(GROUPS, layer.bn.num_features)
         self.strides = (2, 4, 8, 8)
         self.out_channels = (c0, c1, c2, c2)
         self.activation_checkpointing = activation_checkpointing
@@ -55,6 +65,9 @@ class SmallConvEncoder(nn.Module):
             x = run_block(stage, self.activation_checkpointing, x)
             features.append(x)
         return features
+
+
+GROUPS = 8  # GroupNorm groups of the encoder with norm="group" (widths are multiples of 8 by default)
 
 
 def _strided(in_channels: int, out_channels: int) -> ConvBNReLU:
@@ -82,14 +95,15 @@ class SmallConvNet(Segmentor):
     """``SmallConvEncoder`` + ``SmallSegHead`` + projection head on the last stage (stride 8).
 
     ``build_model("convnet_small", num_classes=19, proj_dim=64)``; ``width`` sets the channels
-    (16 -> 16 / 32 / 64 / 64 per stage)."""
+    (16 -> 16 / 32 / 64 / 64 per stage); ``encoder_norm="group"`` puts GroupNorm in the encoder
+    (the heads keep BatchNorm)."""
 
     def __init__(self, num_classes: int = 19, *, proj_dim: int = 64, proj_hidden: int | None = None,
                  width: int = 16, projection_stages: Sequence[int] = (3,),
-                 activation_checkpointing: bool = False):
+                 activation_checkpointing: bool = False, encoder_norm: str = "batch"):
         _check_positive(num_classes=num_classes, proj_dim=proj_dim)
         _check_stages(projection_stages)
-        backbone = SmallConvEncoder(3, width, activation_checkpointing)
+        backbone = SmallConvEncoder(3, width, activation_checkpointing, encoder_norm)
         head = SmallSegHead(backbone.out_channels[-1], num_classes)
         super().__init__(backbone, head, projection_stages=projection_stages, proj_dim=proj_dim,
                          proj_hidden=proj_hidden, logits_stage=-1)

@@ -12,6 +12,11 @@ VARIANTS = ("dist", "proto", "bank", "self_training", "source_only")
 COVARIANCES = ("diag", "full")
 PSEUDO_WEIGHTS = ("dacs", "pixel")
 RATIO_SCHEDULES = ("constant", "linear")
+TEACHER_STATISTICS = ("batch", "running")
+TARGET_PASSES = ("projection", "full")
+MIX_CLASSES = ("batch", "image")
+CE_REDUCTIONS = ("all", "valid")
+ENCODER_NORMS = ("batch", "group")
 
 
 class ConfigError(ValueError):
@@ -33,6 +38,7 @@ class DataConfig:
     source_size: tuple = (0, 0)      # source images resized to this before cropping (GTA5: 720, 1280)
     target_size: tuple = (0, 0)      # target training images resized (Cityscapes: 640, 1280)
     test_size: tuple = (0, 0)        # evaluation images resized; logits go back to the label size
+    keep_ratio: bool = False         # the three sizes are mmseg keep-ratio scales (published: true)
     crop_size: tuple = (0, 0)        # random training crop of both streams (published: 640, 640)
     flip: bool = True                # random horizontal flip of training crops
     cat_max_ratio: float = 0.75      # source crop retried (10x) while one class covers more than this
@@ -55,6 +61,7 @@ class ModelConfig:
     head_channels: int = 256         # DAFormer decode-head width (smaller for quick runs)
     pretrained: str = ""             # local file with ImageNet encoder weights ("" = random init)
     activation_checkpointing: bool = False
+    encoder_norm: str = "batch"      # convnet_small only: batch | group (GroupNorm, 8 groups)
 
 
 @dataclass
@@ -83,6 +90,15 @@ class MethodConfig:
     use_avg_pool: bool = True        # labels to feature resolution by majority vote
     scale_min_ratio: float = 0.75
     ema_alpha: float = 0.999
+    # The official iteration (mmseg/models/uda/sepico.py); the alternatives reproduce this
+    # project's earlier loop, for comparison (README "Ablation").
+    teacher_statistics: str = "batch"  # batch: teacher BatchNorm on its batch, EMA of parameters only;
+    #                                    running: eval-mode teacher, EMA of buffers too
+    target_pass: str = "projection"  # target contrastive pass: encoder + projection head | full (+ decode head)
+    pseudo_crop: bool = False        # class-balanced crop (data.crop_size) of whole target images with
+    #                                  pseudo labels regenerated on the crop (published: true)
+    mix_classes: str = "batch"       # ClassMix: half the classes of the batch's labels (DACS) | of each image
+    ce_reduction: str = "all"        # source CE mean over all pixels, ignored counting 0 (mmseg) | valid
     start_self_training_iter: int = 0  # source-only warm-up before pseudo labels are used
     pseudo_threshold: float = 0.968
     pseudo_weight: str = "dacs"      # dacs: one share-of-confident-pixels weight per batch; pixel: mask
@@ -100,7 +116,7 @@ class TrainConfig:
     batch_size: int = 2              # source images per step (and as many target images)
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    amp: bool = True                 # bfloat16 autocast on GPU (ignored on CPU)
+    amp: bool = False                # bfloat16 autocast on GPU (ignored on CPU); official runs: float32
     log_interval: int = 50
     checkpoint_interval: int = 2000
     keep_checkpoints: int = 3
@@ -232,6 +248,17 @@ def validate(cfg: Config) -> None:
     choice("method.covariance", m.covariance, COVARIANCES)
     choice("method.pseudo_weight", m.pseudo_weight, PSEUDO_WEIGHTS)
     choice("method.ratio_schedule", m.ratio_schedule, RATIO_SCHEDULES)
+    choice("method.teacher_statistics", m.teacher_statistics, TEACHER_STATISTICS)
+    choice("method.target_pass", m.target_pass, TARGET_PASSES)
+    choice("method.mix_classes", m.mix_classes, MIX_CLASSES)
+    choice("method.ce_reduction", m.ce_reduction, CE_REDUCTIONS)
+    choice("model.encoder_norm", cfg.model.encoder_norm, ENCODER_NORMS)
+    if cfg.model.encoder_norm != "batch" and cfg.model.name != "convnet_small":
+        raise ConfigError("config field 'model.encoder_norm' applies to convnet_small only "
+                          f"(model.name is {cfg.model.name!r})")
+    if m.pseudo_crop and (cfg.data.target == "synthetic" or 0 in tuple(cfg.data.crop_size)):
+        raise ConfigError("config field 'method.pseudo_crop' needs a real target dataset and "
+                          "data.crop_size (the crop cut from each whole target image)")
     positive("method.temperature", m.temperature)
     positive("method.memory_length", m.memory_length, zero_ok=m.variant != "bank")
     if m.momentum is not None and not 0.0 < m.momentum < 1.0:

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from sepico.data.cityscapes import IGNORE_INDEX, NUM_CLASSES
 from sepico.data.label_maps import PROTOCOLS
 from sepico.data.rcs import RareClassSampler, load_class_stats
-from sepico.data.real import REAL_DATASETS, DatasetError, SegmentationFolder, image_to_tensor
+from sepico.data.real import REAL_DATASETS, DatasetError, SegmentationFolder
 from sepico.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
+from sepico.data.transforms import output_size, resize_image, resize_label
 from sepico.train.config import Config, ConfigError
 
 DATASETS = ("synthetic",) + REAL_DATASETS
@@ -70,16 +71,19 @@ def build_datasets(cfg: Config, run_dir=None) -> RunData:
                 rcs = RareClassSampler(counts, temperature=d.rcs_temperature, min_pixels=d.rcs_min_pixels)
             except ValueError as err:
                 raise ConfigError(f"config field 'data.rcs_min_pixels': {err}") from None
-        source = TrainingView(folder, _sizes(d.source_size), _sizes(d.crop_size), flip=d.flip,
-                              cat_max_ratio=d.cat_max_ratio, rare_class_sampler=rcs,
+        source = TrainingView(folder, _sizes(d.source_size), _sizes(d.crop_size), keep_ratio=d.keep_ratio,
+                              flip=d.flip, cat_max_ratio=d.cat_max_ratio, rare_class_sampler=rcs,
                               rare_min_pixels=d.rcs_min_pixels * d.rcs_min_crop_ratio)
     if d.target == "synthetic":
         target = SyntheticStreets("target", "train", size=size, length=d.train_length, seed=d.seed)
     else:
         folder = _folder("data.target_root", d.target, d.target_root, "train", labelled=False,
                          strict=d.strict_labels)
-        target = TrainingView(folder, _sizes(d.target_size), _sizes(d.crop_size), flip=d.flip)
-    _check_same_size(source, target, size)
+        # With the class-balanced pseudo-label crop the loader hands whole (resized) images: the
+        # trainer cuts the crop (official `..._no_crop` target pipeline).
+        crop = None if cfg.method.pseudo_crop else _sizes(d.crop_size)
+        target = TrainingView(folder, _sizes(d.target_size), crop, keep_ratio=d.keep_ratio, flip=d.flip)
+    _check_same_size(source, target, size, _sizes(d.crop_size) if cfg.method.pseudo_crop else None)
     target_test, eval_classes = build_test_dataset(cfg)
     return RunData(source=source, target=target, target_test=target_test, eval_classes=eval_classes)
 
@@ -94,7 +98,7 @@ def build_test_dataset(cfg: Config) -> tuple[Dataset, tuple]:
     else:
         folder = _folder("data.target_root", d.target, d.target_root, "val", labelled=True,
                          strict=d.strict_labels)
-        test, classes = TestView(folder, _sizes(d.test_size)), None
+        test, classes = TestView(folder, _sizes(d.test_size), keep_ratio=d.keep_ratio), None
     if classes is None:
         protocol = d.eval_protocol or (16 if d.source == "synthia" else 19)
         classes = PROTOCOLS[str(protocol)]
@@ -123,9 +127,15 @@ def _stream_size(dataset, synthetic_size) -> tuple[int, int]:
     return synthetic_size
 
 
-def _check_same_size(source, target, synthetic_size) -> None:
-    """Teacher and ClassMix put a source and a target image side by side: same (H, W)."""
+def _check_same_size(source, target, synthetic_size, pseudo_crop=None) -> None:
+    """ClassMix puts a source and a target image side by side: same (H, W), the target's after
+    the pseudo-label crop when there is one (which must fit in the whole target image)."""
     s, t = _stream_size(source, synthetic_size), _stream_size(target, synthetic_size)
+    if pseudo_crop is not None:
+        if pseudo_crop[0] > t[0] or pseudo_crop[1] > t[1]:
+            raise ConfigError(f"method.pseudo_crop: the crop {pseudo_crop[0]} x {pseudo_crop[1]} "
+                              f"(data.crop_size) does not fit in the {t[0]} x {t[1]} target images")
+        t = pseudo_crop
     if s != t:
         raise ConfigError(f"source images reach the trainer at {s[0]} x {s[1]} and target images at "
                           f"{t[0]} x {t[1]}; set data.crop_size (or matching data.source_size, "
@@ -154,6 +164,9 @@ _RCS_DRAW, _CROP_DRAW = 0, 1
 class TrainingView(Dataset):
     """A real dataset as a training stream sees it: resize, random crop, random flip.
 
+    ``resize`` (H, W) is the size itself, or with ``keep_ratio`` mmseg's keep-ratio scale (cv2
+    bilinear for the image, nearest for the label: ``sepico.data.transforms``).
+
     ``view[Draw(...)]`` is ``(image float32 [3, h, w] in [0, 1], label int64 [h, w])`` with
     (h, w) the crop size (a smaller image is padded: image 0, label ignore). A labelled crop is
     tried up to ``CROP_TRIES`` times until no class covers more than ``cat_max_ratio`` of its
@@ -163,10 +176,11 @@ class TrainingView(Dataset):
 
     takes_draws = True
 
-    def __init__(self, folder: SegmentationFolder, resize=None, crop=None, *, flip: bool = True,
-                 cat_max_ratio: float = 1.0, rare_class_sampler: RareClassSampler | None = None,
-                 rare_min_pixels: float = 0.0):
+    def __init__(self, folder: SegmentationFolder, resize=None, crop=None, *, keep_ratio: bool = False,
+                 flip: bool = True, cat_max_ratio: float = 1.0,
+                 rare_class_sampler: RareClassSampler | None = None, rare_min_pixels: float = 0.0):
         self.folder, self.resize, self.crop, self.flip = folder, resize, crop, flip
+        self.keep_ratio = keep_ratio
         self.cat_max_ratio = cat_max_ratio
         self.rare_class_sampler = rare_class_sampler
         self.rare_min_pixels = rare_min_pixels
@@ -175,17 +189,17 @@ class TrainingView(Dataset):
         return len(self.folder)
 
     def __repr__(self) -> str:
-        return (f"TrainingView({self.folder!r}, resize={self.resize}, crop={self.crop}, flip={self.flip}, "
+        return (f"TrainingView({self.folder!r}, resize={self.resize}, keep_ratio={self.keep_ratio}, "
+                f"crop={self.crop}, flip={self.flip}, "
                 f"rcs={self.rare_class_sampler is not None})")
 
     def output_size(self) -> tuple[int, int]:
         """(H, W) of every item: the crop, else the resize, else the first image's own size."""
         if self.crop:
             return self.crop
-        if self.resize:
-            return self.resize
         with Image.open(self.folder.images[0]) as im:
-            return im.size[1], im.size[0]
+            height, width = im.size[1], im.size[0]
+        return output_size(height, width, self.resize, self.keep_ratio) if self.resize else (height, width)
 
     def __getitem__(self, draw):
         if not isinstance(draw, Draw):
@@ -193,12 +207,12 @@ class TrainingView(Dataset):
         rng = _generator(draw.seed, draw.position, _CROP_DRAW)
         image = self.folder.read_image(draw.index)
         label = self.folder.read_label(draw.index, image.size) if self.folder.labelled else None
-        if self.resize and (image.size[1], image.size[0]) != self.resize:
-            h, w = self.resize
-            image = image.resize((w, h), Image.BILINEAR)
-            if label is not None:
-                label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
         pixels = np.asarray(image)
+        if self.resize:
+            size = output_size(*pixels.shape[:2], self.resize, self.keep_ratio)
+            pixels = resize_image(pixels, size)
+            if label is not None:
+                label = resize_label(label, size)
         if label is None:
             label = np.full(pixels.shape[:2], IGNORE_INDEX, dtype=np.uint8)
         if self.crop:
@@ -243,22 +257,25 @@ def _pad(pixels: np.ndarray, label: np.ndarray, size) -> tuple[np.ndarray, np.nd
 
 
 class TestView(Dataset):
-    """Evaluation images resized to ``resize`` (H, W) when given; labels at their own size."""
+    """Evaluation images resized to ``resize`` (H, W; with ``keep_ratio`` mmseg's keep-ratio scale,
+    cv2 bilinear) when given; labels at their own size."""
 
-    def __init__(self, folder: SegmentationFolder, resize=None):
-        self.folder, self.resize = folder, resize
+    def __init__(self, folder: SegmentationFolder, resize=None, *, keep_ratio: bool = False):
+        self.folder, self.resize, self.keep_ratio = folder, resize, keep_ratio
 
     def __len__(self) -> int:
         return len(self.folder)
 
     def __repr__(self) -> str:
-        return f"TestView({self.folder!r}, resize={self.resize})"
+        return f"TestView({self.folder!r}, resize={self.resize}, keep_ratio={self.keep_ratio})"
 
     def __getitem__(self, index: int):
         image, label = self.folder.read(index)
-        if self.resize and (image.size[1], image.size[0]) != self.resize:
-            image = image.resize((self.resize[1], self.resize[0]), Image.BILINEAR)
-        return image_to_tensor(image), torch.from_numpy(label.astype(np.int64))
+        pixels = np.asarray(image)
+        if self.resize:
+            pixels = resize_image(pixels, output_size(*pixels.shape[:2], self.resize, self.keep_ratio))
+        image_t = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)
+        return image_t, torch.from_numpy(label.astype(np.int64))
 
 
 # --------------------------------------------------------------------------- streams

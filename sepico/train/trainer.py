@@ -1,21 +1,26 @@
-"""The SePiCo self-training loop (design section 6) in plain PyTorch.
+"""The SePiCo self-training loop (design section 6) in plain PyTorch, pass by pass as the official
+``mmseg/models/uda/sepico.py`` runs it.
 
-One iteration: EMA teacher update; one teacher pass (inference mode) over the weak source and
-target images gives the source embeddings that update the class distribution and the target
-pseudo labels; the student learns from the strongly augmented source image (cross-entropy +
-contrastive loss), the strongly augmented target image (contrastive loss with pseudo labels) and
-a ClassMix image (pseudo-weighted cross-entropy); one AdamW step. Each loss is backpropagated as
-soon as it is formed, so at most one student graph is alive at a time.
+One iteration: EMA update of the teacher's parameters; teacher passes (training-mode BatchNorm
+on the batch in front of it, dropout off, no autograd), each on one domain: the weak target image
+gives pseudo labels (optionally a class-balanced crop of it, labelled again), the weak source
+image gives the embeddings that update the class distribution; then the student: strongly
+augmented source (decode head + cross-entropy, + projection head + contrastive loss from
+``start_distribution_iter``), strongly augmented target (encoder + projection head: contrastive loss
+with pseudo labels), ClassMix image (encoder + decode head: pseudo-weighted cross-entropy); one
+AdamW step. Each loss is backpropagated as soon as it is formed, so at most one student graph is
+alive at a time. Under torchrun the gradients of all passes are averaged over the ranks once,
+before the step.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import json
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +28,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from sepico import losses
+from sepico.data.transforms import normalize
 from sepico.estimator import ClassDistributionEstimator
 from sepico.evaluation import evaluate
 from sepico.models import build_model, load_pretrained_encoder
@@ -36,6 +41,14 @@ from sepico.train.data import BatchStream, build_datasets
 
 IGNORE = 255
 CONTRASTIVE = ("dist", "proto", "bank")
+GRADIENT_BUCKET = 1 << 24  # elements per all-reduce of the averaged gradients
+
+
+def build_run_model(m) -> torch.nn.Module:
+    """The segmentor a `ModelConfig` describes (random weights)."""
+    extra = ({"embed_dim": m.head_channels, "channels": m.head_channels} if m.name.startswith("daformer")
+             else {"encoder_norm": m.encoder_norm} if m.name == "convnet_small" else {})
+    return build_model(m.name, num_classes=m.num_classes, proj_dim=m.proj_dim, **extra)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -92,31 +105,27 @@ class Trainer:
         np.random.seed(cfg.train.seed + self.rank)
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 1 + 7919 * self.rank)
         self.data = build_datasets(cfg, self.run_dir)  # the rare-class cache sits beside the run
-        width = ({"embed_dim": cfg.model.head_channels, "channels": cfg.model.head_channels}
-                 if cfg.model.name.startswith("daformer") else {})
-        self.model = build_model(cfg.model.name, num_classes=cfg.model.num_classes,
-                                 proj_dim=cfg.model.proj_dim, **width).to(self.device)
+        self.model = build_run_model(cfg.model).to(self.device)
         if cfg.model.pretrained:
             load_pretrained_encoder(self.model, cfg.model.pretrained)
+        elif self.rank == 0 and "synthetic" not in (cfg.data.source, cfg.data.target):
+            print(f"warning: model.pretrained is empty: the {cfg.model.name} encoder starts from random "
+                  "weights (the published runs start from ImageNet weights)", file=sys.stderr, flush=True)
         self.model.activation_checkpointing = cfg.model.activation_checkpointing
-        # The student behind DDP (gradients averaged over ranks); buffers (BatchNorm statistics)
-        # are broadcast from rank 0 after each step instead, so that the EMA teacher, which
-        # averages them too, stays identical on every rank.
-        self.net = self.model
-        if self.world > 1:
-            # Buffers are synced once at construction, never per forward (the newer torch
-            # spelling of broadcast_buffers=False where it exists).
-            no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                               inspect.signature(DistributedDataParallel).parameters
-                               else {"broadcast_buffers": False})
-            self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                **no_forward_sync)
-        self.teacher = copy.deepcopy(self.model).eval()
+        if self.world > 1:  # one set of initial weights (the same seed gives it already; make sure)
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor, 0)
+        # The EMA teacher: official, training mode with dropout and drop-path off (BatchNorm on
+        # the batch in front of it); "running", this project's earlier eval-mode teacher.
+        self.teacher = copy.deepcopy(self.model)
+        if m.teacher_statistics == "batch":
+            self.teacher.set_dropout(False).train()
+        else:
+            self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameter_groups(o.lr, o.head_lr_mult),
+        self.optimizer = torch.optim.AdamW(self.model.parameter_groups(o.lr, o.weight_decay, o.head_lr_mult),
                                            lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, cfg.train.max_iters, o.warmup_iters,
@@ -147,17 +156,20 @@ class Trainer:
 
     @torch.no_grad()
     def update_teacher(self) -> None:
-        """EMA with alpha = min(1 - 1 / (t + 1), ema_alpha): the teacher starts as a copy."""
+        """EMA of the parameters with alpha = min(1 - 1 / (t + 1), ema_alpha), so the teacher
+        starts as a copy. Buffers are not averaged (official); with ``teacher_statistics =
+        "running"`` the BatchNorm statistics are averaged too (this project's earlier loop)."""
         alpha = min(1.0 - 1.0 / (self.iteration + 1), self.cfg.method.ema_alpha)
         for t, s in zip(self.teacher.parameters(), self.model.parameters()):
             t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
-        for t, s in zip(self.teacher.buffers(), self.model.buffers()):
-            if t.is_floating_point():
-                t.mul_(alpha).add_(s, alpha=1.0 - alpha)
-            else:
-                t.copy_(s)
+        if self.cfg.method.teacher_statistics == "running":
+            for t, s in zip(self.teacher.buffers(), self.model.buffers()):
+                if t.is_floating_point():
+                    t.mul_(alpha).add_(s, alpha=1.0 - alpha)
+                else:
+                    t.copy_(s)
 
-    def _contrastive(self, feat, label):
+    def _contrastive(self, emb, label):
         m = self.cfg.method
         opts = dict(temperature=m.temperature, use_avg_pool=m.use_avg_pool,
                     scale_min_ratio=m.scale_min_ratio, num_classes=self.cfg.model.num_classes,
@@ -165,105 +177,134 @@ class Trainer:
         est = self.estimator
         if m.variant == "dist":
             ratio = m.ratio * (self.iteration / self.cfg.train.max_iters if m.ratio_schedule == "linear" else 1.0)
-            loss = losses.dist_contrastive_loss(feat, label, est.mean, est.cov, ratio=ratio, **opts)
+            loss = losses.dist_contrastive_loss(emb, label, est.mean, est.cov, ratio=ratio, **opts)
         elif m.variant == "proto":
-            loss = losses.proto_contrastive_loss(feat, label, est.mean, **opts)
+            loss = losses.proto_contrastive_loss(emb, label, est.mean, **opts)
         else:
-            loss = losses.bank_contrastive_loss(feat, label, est.bank, mean=est.mean, **opts)
+            loss = losses.bank_contrastive_loss(emb, label, est.bank, mean=est.mean, **opts)
         return m.contrast_weight * loss
 
-    def _update_distribution(self, emb, label) -> None:
+    def _source_ce(self, logits, label):
+        """mmseg 0.16's decode-head loss: the mean over all pixels, ignored ones counting 0
+        (``ce_reduction = "all"``), or over the labelled pixels only (``"valid"``)."""
+        up = self._upsample(logits, label)
+        if self.cfg.method.ce_reduction == "valid":
+            return F.cross_entropy(up, label, ignore_index=IGNORE)
+        return F.cross_entropy(up, label, ignore_index=IGNORE, reduction="none").mean()
+
+    # ------------------------------------------------------------------ teacher passes
+
+    @contextlib.contextmanager
+    def _teacher_pass(self):
+        """No autograd (the teacher learns by EMA only); BatchNorm keeps the teacher's mode."""
+        with torch.no_grad(), self._autocast():
+            yield
+
+    def _pseudo_labels(self, images):
+        """Teacher pseudo labels and weights for a weak target batch."""
         m = self.cfg.method
+        with self._teacher_pass():
+            logits = self.teacher.predict_logits(normalize(images))
+        return augment.pseudo_labels(logits, images.shape[-2:], threshold=m.pseudo_threshold,
+                                     mode=m.pseudo_weight, ignore_top=m.ignore_top,
+                                     ignore_bottom=m.ignore_bottom)
+
+    def _target_pseudo_labels(self, images):
+        """(target images, pseudo labels, weights). With ``pseudo_crop`` the whole images are cut
+        to their class-balanced crop, which the teacher then labels again (official
+        ``pseudo_random_crop`` + ``regen_pseudo``)."""
+        labels, weights = self._pseudo_labels(images)
+        if self.cfg.method.pseudo_crop:
+            crop = tuple(int(v) for v in self.cfg.data.crop_size)
+            offsets = augment.class_balanced_crops(labels, crop, self.cfg.model.num_classes, self.gen)
+            images = augment.cut(images, offsets, crop)
+            labels, weights = self._pseudo_labels(images)
+        return images, labels, weights
+
+    def _update_distribution(self, src_img, src_lbl) -> None:
+        """Teacher embeddings of the weak source batch (encoder + projection head) update the
+        class distribution; target features never enter it."""
+        m = self.cfg.method
+        with self._teacher_pass():
+            emb = self.teacher.project(self.teacher.encode(normalize(src_img)))
         small = losses.labels_at_feature_resolution(
-            label, emb.shape[-2:], use_avg_pool=m.use_avg_pool, scale_min_ratio=m.scale_min_ratio,
+            src_lbl, emb.shape[-2:], use_avg_pool=m.use_avg_pool, scale_min_ratio=m.scale_min_ratio,
             num_classes=self.cfg.model.num_classes)
-        feats = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+        feats = emb.float().permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
         self.estimator.update(feats, small.reshape(-1), group=self.group)
 
-    def _pass(self, last: bool):
-        """Forward + backward of one student pass: gradients are averaged over ranks once, in
-        the iteration's last pass; earlier passes accumulate locally."""
-        if self.world > 1 and not last:
-            return self.net.no_sync()
-        return contextlib.nullcontext()
-
-    def _tie(self, loss, *unused):
-        """Under DDP every parameter must take part in the synchronised pass: add the outputs a
-        loss does not use with weight 0 (no effect on any gradient)."""
-        if self.world == 1:
-            return loss
-        return loss + sum(0.0 * t.float().sum() for t in unused)
+    # ------------------------------------------------------------------ one iteration
 
     def step(self) -> dict:
-        cfg, m = self.cfg, self.cfg.method
+        m = self.cfg.method
         it = self.iteration
         src_img, src_lbl = (t.to(self.device) for t in self.source.next())
         tgt_img, _ = (t.to(self.device) for t in self.target.next())
         self.update_teacher()
-        batch = src_img.shape[0]
         contrastive = m.variant in CONTRASTIVE
         self_training = m.variant != "source_only" and it >= m.start_self_training_iter
         contrast_now = contrastive and it >= m.start_distribution_iter
+        # One gate draw per iteration for the jitter and one for the blur, shared by every
+        # strongly augmented image of the iteration (DACS strong_parameters).
+        strong = augment.draw_strong(self.gen, strength=m.color_jitter_strength,
+                                     jitter_p=m.color_jitter_p, blur_p=m.blur_p)
         log = {}
 
-        # Teacher: one pass over the weak source and target images.
-        if contrastive or self_training:
-            with torch.inference_mode(), self._autocast():
-                t_logits, t_emb = self.teacher(augment.normalize(torch.cat([src_img, tgt_img])))
-            t_logits, t_emb = t_logits.clone(), t_emb.clone()  # plain tensors from here on
-            if contrastive:  # source embeddings only: target features never enter the statistics
-                self._update_distribution(t_emb[:batch], src_lbl)
-            if self_training:
-                pl, pw = augment.pseudo_labels(t_logits[batch:], tgt_img.shape[-2:],
-                                               threshold=m.pseudo_threshold, mode=m.pseudo_weight,
-                                               ignore_top=m.ignore_top, ignore_bottom=m.ignore_bottom)
-                log["pseudo_weight"] = pw.mean().item()
+        # Teacher passes, one domain each.
+        if self_training:
+            tgt_img, pl, pw = self._target_pseudo_labels(tgt_img)
+            log["pseudo_weight"] = pw.mean().item()
+        if contrastive:  # every iteration, also before start_distribution_iter
+            self._update_distribution(src_img, src_lbl)
 
-        strong = dict(strength=m.color_jitter_strength, jitter_p=m.color_jitter_p, blur_p=m.blur_p,
-                      gen=self.gen)
-        target_pass = contrast_now and self_training
-        mix_pass = self_training and m.mix
-        # Student, source: cross-entropy (+ contrastive).
-        with self._pass(last=not (target_pass or mix_pass)):
+        # Student, strongly augmented source: decode head + cross-entropy; from
+        # start_distribution_iter on also the projection head + contrastive loss.
+        with self._autocast():
+            feats = self.model.encode(normalize(augment.strong_augment(src_img, strong, self.gen)))
+            loss = self._source_ce(self.model.decode(feats), src_lbl)
+        log["loss_ce"] = loss.item()
+        if contrast_now:
             with self._autocast():
-                logits, emb = self.net(augment.normalize(augment.strong_augment(src_img, **strong)))
-                loss = F.cross_entropy(self._upsample(logits, src_lbl), src_lbl, ignore_index=IGNORE)
-            log["loss_ce"] = loss.item()
-            if contrast_now:
-                cl = self._contrastive(emb, src_lbl)
-                log["loss_cl_src"] = cl.item()
-                loss = loss + cl
-            else:
-                loss = self._tie(loss, emb)
-            loss.backward()
+                emb = self.model.project(feats)
+            cl = self._contrastive(emb, src_lbl)
+            log["loss_cl_src"] = cl.item()
+            loss = loss + cl
+        loss.backward()
+        del feats
 
-        # Student, target: contrastive loss with pseudo labels (zero-weight pixels ignored).
-        if target_pass:
-            with self._pass(last=not mix_pass):
-                with self._autocast():
-                    logits, emb = self.net(augment.normalize(augment.strong_augment(tgt_img, **strong)))
-                cl = self._contrastive(emb, torch.where(pw > 0, pl, IGNORE))
-                log["loss_cl_tgt"] = cl.item()
-                self._tie(cl, logits).backward()
+        # Student, strongly augmented target: encoder + projection head (the decode head never
+        # sees a target-only batch), contrastive loss with the pseudo labels, ignored where the
+        # pseudo weight is 0.
+        if contrast_now and self_training:
+            with self._autocast():
+                feats = self.model.encode(normalize(augment.strong_augment(tgt_img, strong, self.gen)))
+                emb = self.model.project(feats)
+                if m.target_pass == "full":  # the earlier loop: the decode head ran here too
+                    self.model.decode(feats)
+            cl = self._contrastive(emb, torch.where(pw > 0, pl, IGNORE))
+            log["loss_cl_tgt"] = cl.item()
+            cl.backward()
+            del feats, emb
 
-        # ClassMix: source classes pasted on the target, pseudo-weighted cross-entropy.
-        if mix_pass:
-            masks = augment.class_mix_masks(src_lbl, self.gen)
-            mixed = augment.strong_augment(augment.mix(masks, src_img, tgt_img), **strong)
+        # ClassMix, encoder + decode head: source classes pasted from the weak source onto the
+        # weak target, then strong augmentation per mixed image; pseudo-weighted cross-entropy.
+        if self_training and m.mix:
+            masks = augment.class_mix_masks(src_lbl, self.gen, per=m.mix_classes)
+            mixed = augment.mix(masks, src_img, tgt_img)
+            mixed = torch.cat([augment.strong_augment(mixed[i:i + 1], strong, self.gen)
+                               for i in range(mixed.shape[0])])
             mixed_lbl = augment.mix(masks, src_lbl, pl)
             mixed_w = torch.where(masks, torch.ones_like(pw), pw)
-            with self._pass(last=True):
-                with self._autocast():
-                    if self.world > 1:
-                        logits, emb = self.net(augment.normalize(mixed))
-                    else:  # one process: skip the projection head
-                        logits, emb = self.model.predict_logits(augment.normalize(mixed)), None
-                    ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl,
-                                         ignore_index=IGNORE, reduction="none")
-                mix_loss = (ce * mixed_w).mean()
-                log["loss_mix"] = mix_loss.item()
-                self._tie(mix_loss, emb).backward()
+            with self._autocast():
+                logits = self.model.predict_logits(normalize(mixed))
+                ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl,
+                                     ignore_index=IGNORE, reduction="none")
+            mix_loss = (ce * mixed_w).mean()
+            log["loss_mix"] = mix_loss.item()
+            mix_loss.backward()
 
+        if self.world > 1:
+            self._average_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -273,18 +314,24 @@ class Trainer:
         log["lr"] = self.optimizer.param_groups[0]["lr"]
         return log
 
+    def _average_gradients(self) -> None:
+        """The mean of every gradient over the ranks, in flat buckets: what DDP does, without its
+        rule that each forward pass must reach every parameter (the official passes each run only
+        some of the heads)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        for bucket in _buckets(grads, GRADIENT_BUCKET):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            _unflatten_into(flat.div_(self.world), bucket)
+
     def _broadcast_buffers(self) -> None:
-        """Rank 0's BatchNorm statistics to every rank, one flat tensor per dtype."""
-        by_dtype = {}
-        for b in self.model.buffers():
-            by_dtype.setdefault(b.dtype, []).append(b)
-        for buffers in by_dtype.values():
-            flat = torch.cat([b.reshape(-1) for b in buffers])
+        """Rank 0's BatchNorm statistics (student and teacher) to every rank, so that every rank
+        holds the same models."""
+        buffers = list(self.model.buffers()) + list(self.teacher.buffers())
+        for bucket in _buckets(buffers, GRADIENT_BUCKET):
+            flat = torch.cat([b.reshape(-1) for b in bucket])
             dist.broadcast(flat, 0)
-            offset = 0
-            for b in buffers:
-                b.copy_(flat[offset:offset + b.numel()].view_as(b))
-                offset += b.numel()
+            _unflatten_into(flat, bucket)
 
     @staticmethod
     def _upsample(logits, label):
@@ -428,6 +475,26 @@ class Trainer:
                         classes=self.data.eval_classes, device=self.device,
                         batch_size=max(1, self.cfg.train.batch_size), mode=self.cfg.data.eval_mode,
                         window=tuple(self.cfg.data.eval_window), stride=tuple(self.cfg.data.eval_stride))
+
+
+def _buckets(tensors, limit: int):
+    """Consecutive runs of same-dtype tensors of at most ``limit`` elements (or one larger tensor)."""
+    bucket, size = [], 0
+    for t in tensors:
+        if bucket and (t.dtype != bucket[0].dtype or size + t.numel() > limit):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(t)
+        size += t.numel()
+    if bucket:
+        yield bucket
+
+
+def _unflatten_into(flat, tensors) -> None:
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def _progress(total, initial, enabled):
