@@ -49,6 +49,15 @@ demo: env
 demo-seeds: env
 	$(VPY) -m sepico.demo --seeds 0 1 2 --out runs/demo-seeds $(DEMO_ARGS)
 
+# GPU readiness in one command (README "GPU check"): the environment (timed), the CUDA tests, the
+# quick benchmark with torch.compile(reference) and bandwidth, the full-resolution training step;
+# bench/results/<device>-<date>-gpu-check.{md,json} and $(GPU_CHECK_OUT) when set. Without CUDA: a
+# dry run of the same steps at tiny sizes on the CPU.
+.PHONY: gpu-check
+gpu-check:
+	@start=$$(date +%s); $(MAKE) --no-print-directory env && $(VPY) -m pip install -q -e ".[bench]" && \
+	  $(VPY) -m bench.gpu_check --install-s $$(( $$(date +%s) - start )) $${GPU_CHECK_OUT:+--out "$$GPU_CHECK_OUT"}
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 

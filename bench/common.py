@@ -100,23 +100,26 @@ class Settings:
 
 # --------------------------------------------------------------------------- the sets
 
-SETS = ("quick", "medium", "full")
+SETS = ("quick", "medium", "full", "tiny")
+TINY_N, TINY_D = 4096, 64  # the tiny set: the quick set's cases at a size any machine runs in seconds
 
 
 def cases(family: str, set_name: str, device: str = "cpu") -> list[Case]:
     """The cases of one family in a set: "quick" (the CPU targets), "medium" (every op, size
     and implementation at D = 256, float32) or "full" (D in 64, 256, 512; float32 and bfloat16)."""
     out = []
-    if set_name == "quick":
-        # The CPU targets only: N = 2 x 256 x 512, D = 256, float32, eager vs ours.
-        n, d, dt = TARGET_N, TARGET_D, "float32"
+    if set_name in ("quick", "tiny"):
+        # The CPU targets: N = 2 x 256 x 512, D = 256, float32, eager vs ours (on a GPU also
+        # torch.compile of the reference); "tiny" runs the same cases small (make gpu-check's dry run).
+        n, d, dt = (TARGET_N, TARGET_D, "float32") if set_name == "quick" else (TINY_N, TINY_D, "float32")
+        impls = ("eager", "compiled", "ours") if device == "cuda" else ("eager", "ours")
         if family == "loss":
-            out += [Case("loss", "loss DistCL diag", "train", n, d, dt, ("eager", "ours")),
-                    Case("loss", "loss DistCL diag", "no_grad", n, d, dt, ("eager", "ours")),
-                    Case("loss", "loss DistCL full", "train", n, d, dt, ("eager", "ours"))]
+            out += [Case("loss", "loss DistCL diag", "train", n, d, dt, impls),
+                    Case("loss", "loss DistCL diag", "no_grad", n, d, dt, impls),
+                    Case("loss", "loss DistCL full", "train", n, d, dt, impls)]
         elif family == "update":
             out.append(Case("update", "update_class_distribution diag", "forward", n, d, dt,
-                            ("onehot", "eager", "ours")))
+                            ("onehot",) + impls))
         return out
     dtypes, dims = (("float32",), (TARGET_D,)) if set_name == "medium" else (DTYPES, DIMS)
     for op, cov in FAMILY_OPS[family].items():
@@ -541,6 +544,18 @@ def gpu_peak(case: Case, run, feats, timer) -> dict:
 # --------------------------------------------------------------------------- floors (kernels/README.md)
 
 H100 = {"name": "H100 SXM", "bytes_per_s": 3e12, "fp32_flops": 60e12, "tf32_flops": 400e12}
+# Peak HBM bandwidth by device name (vendor figures), for the share of peak a row reaches.
+PEAK_BYTES_PER_S = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "A100-SXM4-80GB": 2.04e12,
+                    "A100-SXM4-40GB": 1.555e12}
+
+
+def peak_bytes_per_s(device_name: str) -> float | None:
+    """The vendor's peak memory bandwidth of a CUDA device, by its name (None when unknown)."""
+    name = device_name.replace("NVIDIA ", "")
+    for key, value in PEAK_BYTES_PER_S.items():
+        if key in name or (key == "H100 SXM" and "H100" in name and "PCIe" not in name):
+            return value
+    return None
 
 
 def work(case: Case, mode: str) -> tuple[float, float]:

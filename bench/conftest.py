@@ -3,6 +3,7 @@
     python -m pytest bench --bench-set=quick     # the CPU target cases (make bench-quick)
     python -m pytest bench --bench-set=medium    # every op, N and implementation at D = 256, fp32
     python -m pytest bench --bench-set=full      # D in 64, 256, 512, fp32 and bf16 (make bench)
+    python -m pytest bench --bench-set=tiny      # the quick cases at N = 4096, D = 64 (gpu-check dry run)
 
 The results go to ``bench/results/<device>-<date>[-quick].{json,md,png}``, written afresh by
 each run (never appended), and the markdown table and the target lines are printed at the end.
@@ -17,7 +18,7 @@ from bench import common, report
 def pytest_addoption(parser):
     group = parser.getgroup("sepico bench")
     group.addoption("--bench-set", choices=common.SETS, default="quick",
-                    help="quick: the CPU target cases; medium: every op, size and implementation "
+                    help="quick: the CPU target cases; tiny: the same, small; medium: every op, size and implementation "
                          "at D = 256, float32; full: D in 64, 256, 512, float32 and bfloat16")
     group.addoption("--bench-device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="auto: cuda when available")
@@ -28,6 +29,8 @@ def pytest_addoption(parser):
                          "(default: 25 for the quick set, whose ratios are the targets; else 10)")
     group.addoption("--bench-no-write", action="store_true",
                     help="print the table but write nothing under bench/results")
+    group.addoption("--bench-json", default=None,
+                    help="also write the rows and metadata as JSON to this file (make gpu-check)")
 
 
 def pytest_configure(config):
@@ -75,7 +78,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows:
         return
     settings = config._bench
-    text, paths = report.finish(rows, settings, write=not config.getoption("--bench-no-write"))
+    text, paths = report.finish(rows, settings, write=not config.getoption("--bench-no-write"),
+                                json_path=config.getoption("--bench-json"))
     terminalreporter.write_sep("=", "sepico benchmark")
     terminalreporter.write_line(text)
     for path in paths:

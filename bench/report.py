@@ -227,8 +227,9 @@ def document(rows, meta, lines, fenced: bool) -> str:
                         "backend):\n" + targets_text])
 
 
-def finish(rows, settings, write: bool = True):
-    """Write <stem>.json / .md / .png (fresh files) and return (printed text, paths)."""
+def finish(rows, settings, write: bool = True, json_path: str | None = None):
+    """Write <stem>.json / .md / .png (fresh files) and, when given, ``json_path``; return
+    (printed text, paths)."""
     rows = [row_dict(r) for r in rows]
     meta = {"device": common.device_name(settings.device), "device_kind": settings.device,
             "date": _dt.datetime.now().isoformat(timespec="seconds"), "set": settings.set_name,
@@ -247,6 +248,10 @@ def finish(rows, settings, write: bool = True):
         paths.append(stem + ".md")
         if plot(rows, meta, stem + ".png"):
             paths.append(stem + ".png")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"meta": meta, "rows": rows, "targets": lines}, f, indent=1)
+        paths.append(json_path)
     return text, paths
 
 

@@ -4,6 +4,7 @@
     python bench/train_gpu.py                          # 1024 x 2048, all measures on, bfloat16
     python bench/train_gpu.py --size 512x1024 --case no_checkpointing --iters 5
     python bench/train_gpu.py --no-amp                 # float32
+    python bench/train_gpu.py --dim 512                # the published projection width
     python bench/train_gpu.py --device cpu --size 64x128 --iters 1 --warmup 0    # a CPU smoke run
 
 Same iteration as the CPU memory table: ``Trainer.step()`` of DAFormer MiT-B5 (random init),
@@ -81,6 +82,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1024x2048", help="HxW of both images (default 1024x2048)")
     parser.add_argument("--case", default="all_on", choices=CASES)
+    parser.add_argument("--dim", type=int, default=DIM, help=f"projection dimension D (default {DIM}; published 512)")
     parser.add_argument("--iters", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--no-amp", action="store_true", help="float32 instead of bfloat16 autocast")
@@ -104,7 +106,7 @@ def main():
         gta5, cityscapes = write_fixture(Path(tmp), height, width)
         cfg = iteration_config(gta5, cityscapes, height, width,
                                checkpointing=args.case != "no_checkpointing", device=args.device,
-                               amp=not args.no_amp, run_dir=str(Path(tmp) / "run"))
+                               amp=not args.no_amp, run_dir=str(Path(tmp) / "run"), dim=args.dim)
         trainer = Trainer(cfg, progress=False)
         apply_case(trainer, args.case)
         for _ in range(args.warmup):
@@ -122,7 +124,7 @@ def main():
                 if cuda:
                     torch.cuda.synchronize(device)
                 times.append(time.perf_counter() - start)
-        row = {"model": MODEL, "D": DIM, "C": C, "size": args.size, "case": args.case,
+        row = {"model": MODEL, "D": args.dim, "C": C, "size": args.size, "case": args.case,
                "amp_bf16": not args.no_amp and cuda, "device": (torch.cuda.get_device_name(device)
                                                                 if cuda else platform.processor() or "cpu"),
                "torch": torch.__version__, "iters": args.iters, "warmup": args.warmup,

@@ -98,8 +98,8 @@ def write_fixture(root: Path, height: int, width: int) -> tuple[Path, Path]:
 
 
 def iteration_config(gta5: Path, cityscapes: Path, height: int, width: int, *, checkpointing: bool,
-                     device: str = "cpu", amp: bool = False, run_dir: str = ""):
-    """One source + one target image of height x width, MiT-B5, D = 256, every loss term on."""
+                     device: str = "cpu", amp: bool = False, run_dir: str = "", dim: int = DIM):
+    """One source + one target image of height x width, MiT-B5, D = ``dim`` (256), every loss term on."""
     from sepico.train.config import from_dict, validate
 
     cfg = from_dict({
@@ -107,7 +107,7 @@ def iteration_config(gta5: Path, cityscapes: Path, height: int, width: int, *, c
         "data": {"source": "gta5", "source_root": str(gta5), "target": "cityscapes",
                  "target_root": str(cityscapes), "crop_size": [height, width], "flip": False,
                  "cat_max_ratio": 1.0},
-        "model": {"name": MODEL, "num_classes": C, "proj_dim": DIM, "head_channels": 256,
+        "model": {"name": MODEL, "num_classes": C, "proj_dim": dim, "head_channels": 256,
                   "activation_checkpointing": checkpointing},
         # Threshold 0: every target pixel counts as confident, so the target contrastive loss
         # sees all its pixels (a random-init teacher is never 0.968-confident: that term would

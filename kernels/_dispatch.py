@@ -15,11 +15,13 @@ import torch
 import triton
 
 BACKENDS = ("auto", "triton", "torch")
+TILES = ("auto", "gpu")
 FLOAT_FEATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 TRITON_FEATS = (torch.float32, torch.float16, torch.bfloat16)
 INT_LABELS = (torch.int64, torch.int32)
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("kernels_backend", default=None)
+_forced_tiles: contextvars.ContextVar[str | None] = contextvars.ContextVar("kernels_tiles", default=None)
 
 
 @triton.jit
@@ -44,6 +46,32 @@ def backend(name: str):
         yield
     finally:
         _forced.reset(token)
+
+
+@contextlib.contextmanager
+def tiles(name: str):
+    """Which launch configurations the kernels use inside a ``with`` block: ``"auto"`` (large
+    tiles in the interpreter, where they make it fast; the GPU ones when compiled) or ``"gpu"``
+    (the GPU ones everywhere: the interpreter then checks the numerics of exactly what a GPU runs,
+    partial tiles, channel chunks and split reductions included). ``KERNELS_TILES`` sets the
+    default."""
+    if name not in TILES:
+        raise ValueError(f"tiles must be one of {TILES}, got {name!r}")
+    token = _forced_tiles.set(name)
+    try:
+        yield
+    finally:
+        _forced_tiles.reset(token)
+
+
+def interpreter_tiles() -> bool:
+    """True when the launch configurations should be the interpreter's (see ``tiles``)."""
+    name = _forced_tiles.get()
+    if name is None:
+        name = os.environ.get("KERNELS_TILES", "auto") or "auto"
+        if name not in TILES:
+            raise ValueError(f"KERNELS_TILES must be one of {TILES}, got {name!r}")
+    return name == "auto" and interpreting()
 
 
 def requested_backend() -> str:

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import (check_dim, check_feats, check_label_range, check_labels,
-                        check_same_device, check_stats, interpreting, poisoned_empty,
+                        check_same_device, check_stats, interpreter_tiles, poisoned_empty,
                         resolve_backend)
 
 NO_COV, DIAG_COV, FULL_COV = 0, 1, 2
@@ -165,7 +165,7 @@ class LossConfig:
 
 def loss_config(num_classes: int, dim: int, cov_mode: int, interpret: bool | None = None) -> LossConfig:
     """One launch configuration per shape; the compile check reads the same one."""
-    interpret = interpreting() if interpret is None else interpret
+    interpret = interpreter_tiles() if interpret is None else interpret
     block_c = max(16, triton.next_power_of_2(num_classes))
     if interpret:
         # The interpreter pays per program and per op: large tiles make it fast.

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import (check_dim, check_feats, check_label_range, check_labels,
-                        check_same_device, check_stats, interpreting, poisoned_empty,
+                        check_same_device, check_stats, interpreter_tiles, poisoned_empty,
                         resolve_backend, sort_by_class)
 from .moments import (DIAG, FULL, NO_SECOND, moment_partials_torch, moment_partials_triton)
 
@@ -77,7 +77,7 @@ MERGE_NUM_WARPS = 4  # elementwise work; the compile check reads this too
 def merge_block_d(dim: int, full: bool) -> int:
     # Elementwise work: a 64 x 64 tile (full) or 1024 channels (diagonal) per program; the
     # interpreter prefers whole rows.
-    if interpreting():
+    if interpreter_tiles():
         return max(16, triton.next_power_of_2(dim))
     return min(max(16, triton.next_power_of_2(dim)), 64 if full else 1024)
 

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import (check_dim, check_feats, check_label_range, check_labels,
-                        check_num_classes, check_same_device, interpreting, poisoned_empty,
+                        check_num_classes, check_same_device, interpreter_tiles, poisoned_empty,
                         resolve_backend, sort_by_class)
 
 NO_SECOND, DIAG, FULL = 0, 1, 2
@@ -109,7 +109,7 @@ class MomentConfig:
 def moment_config(n: int, num_classes: int, dim: int, second_mode: int,
                   interpret: bool | None = None) -> MomentConfig:
     """One launch configuration per shape (no autotuning: the bits must not depend on timing)."""
-    interpret = interpreting() if interpret is None else interpret
+    interpret = interpreter_tiles() if interpret is None else interpret
     full = second_mode == FULL
     # tl.dot needs tiles of at least 16; a FULL program holds a BLOCK_D x BLOCK_D accumulator.
     block_d = max(16, min(triton.next_power_of_2(dim), 64 if full else 128))

@@ -245,3 +245,19 @@ def test_cli_eval_and_info(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "sepico.cli", "eval", str(tmp_path / "none.pt")],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+
+
+def test_deterministic_switch_sets_the_torch_flags(tmp_path):
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    try:
+        Trainer(tiny_config(), tmp_path / "plain", progress=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        cfg = tiny_config()
+        cfg.train.deterministic = True
+        Trainer(cfg, tmp_path / "det", progress=False)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]

@@ -117,6 +117,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     amp: bool = False                # bfloat16 autocast on GPU (ignored on CPU); official runs: float32
+    deterministic: bool = False      # deterministic cuDNN / PyTorch algorithms (bitwise-repeatable GPU runs)
     log_interval: int = 50
     checkpoint_interval: int = 2000
     keep_checkpoints: int = 3

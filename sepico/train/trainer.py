@@ -65,6 +65,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def set_deterministic() -> None:
+    """Deterministic algorithms for bitwise-repeatable runs at a fixed seed: cuDNN without
+    autotuning and with deterministic kernels, PyTorch's deterministic implementations (an op
+    without one warns instead of failing), cuBLAS with a fixed workspace. The Triton kernels are
+    deterministic already (no atomics)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank). Under torchrun (WORLD_SIZE > 1) this joins the process
     group: nccl on GPUs, gloo on CPU. A single process returns (0, 1, 0) and joins nothing."""
@@ -97,6 +108,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.progress = progress and self.rank == 0
+        if cfg.train.deterministic:
+            set_deterministic()
         m = cfg.method
         # The same seed everywhere gives every rank the same initial weights; data and
         # augmentation draw from per-rank seeds.

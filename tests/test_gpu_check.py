@@ -1,0 +1,34 @@
+"""`make gpu-check` without CUDA: the dry run goes through every step on the CPU and exits 0."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: make gpu-check runs for real")
+def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
+    results = sorted((ROOT / "bench" / "results").iterdir())
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path), "--install-s", "7"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[0] == "no CUDA device: dry run"
+    (report_file,) = tmp_path.glob("*-gpu-check.json")
+    report = json.loads(report_file.read_text())
+    assert report["cuda"] is False and report["environment"]["install_s"] == "7"
+    for step in ("cuda_tests", "benchmark", "training"):
+        assert report[step]["returncode"] == 0, report[step]["output_tail"]
+    tests = report["cuda_tests"]["counts"]
+    assert tests.get("skipped", 0) > 0 and set(tests) == {"skipped"}  # every CUDA test, skipped here
+    rows = [r for r in report["bandwidth"] if r["status"] == "ok"]
+    impls = {r["impl"] for r in rows}
+    assert any(i.startswith("eager") for i in impls) and any(i.startswith("ours") for i in impls)
+    assert all(r["median_ms"] > 0 and r["gb_per_s"] > 0 for r in rows)
+    assert report["training"]["result"]["step_s_median"] > 0
+    markdown = report_file.with_suffix(".md").read_text()
+    assert "CPU dry run" in markdown and "| loss DistCL diag | fwd+bwd |" in markdown
+    assert sorted((ROOT / "bench" / "results").iterdir()) == results  # a dry run commits nothing
