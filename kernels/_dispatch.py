@@ -37,51 +37,48 @@ def interpreting() -> bool:
 
 
 @contextlib.contextmanager
-def backend(name: str):
-    """Force the implementation inside a ``with`` block: ``"triton"``, ``"torch"`` or ``"auto"``."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    token = _forced.set(name)
+def _forcing(var: contextvars.ContextVar, name: str, options: tuple, what: str):
+    if name not in options:
+        raise ValueError(f"{what} must be one of {options}, got {name!r}")
+    token = var.set(name)
     try:
         yield
     finally:
-        _forced.reset(token)
+        var.reset(token)
 
 
-@contextlib.contextmanager
+def _requested(var: contextvars.ContextVar, env: str, options: tuple) -> str:
+    """The innermost forcing block's value, else the environment variable's, else auto."""
+    name = var.get()
+    if name is None:
+        name = os.environ.get(env, "auto") or "auto"
+    if name not in options:
+        raise ValueError(f"{env} must be one of {options}, got {name!r}")
+    return name
+
+
+def backend(name: str):
+    """Force the implementation inside a ``with`` block: ``"triton"``, ``"torch"`` or ``"auto"``."""
+    return _forcing(_forced, name, BACKENDS, "backend")
+
+
 def tiles(name: str):
     """Which launch configurations the kernels use inside a ``with`` block: ``"auto"`` (large
     tiles in the interpreter, where they make it fast; the GPU ones when compiled) or ``"gpu"``
     (the GPU ones everywhere: the interpreter then checks the numerics of exactly what a GPU runs,
     partial tiles, channel chunks and split reductions included). ``KERNELS_TILES`` sets the
     default."""
-    if name not in TILES:
-        raise ValueError(f"tiles must be one of {TILES}, got {name!r}")
-    token = _forced_tiles.set(name)
-    try:
-        yield
-    finally:
-        _forced_tiles.reset(token)
+    return _forcing(_forced_tiles, name, TILES, "tiles")
 
 
 def interpreter_tiles() -> bool:
     """True when the launch configurations should be the interpreter's (see ``tiles``)."""
-    name = _forced_tiles.get()
-    if name is None:
-        name = os.environ.get("KERNELS_TILES", "auto") or "auto"
-        if name not in TILES:
-            raise ValueError(f"KERNELS_TILES must be one of {TILES}, got {name!r}")
-    return name == "auto" and interpreting()
+    return _requested(_forced_tiles, "KERNELS_TILES", TILES) == "auto" and interpreting()
 
 
 def requested_backend() -> str:
     """The backend asked for: the innermost ``backend(...)`` block, else ``KERNELS_BACKEND``, else auto."""
-    name = _forced.get()
-    if name is None:
-        name = os.environ.get("KERNELS_BACKEND", "auto") or "auto"
-    if name not in BACKENDS:
-        raise ValueError(f"KERNELS_BACKEND must be one of {BACKENDS}, got {name!r}")
-    return name
+    return _requested(_forced, "KERNELS_BACKEND", BACKENDS)
 
 
 def resolve_backend(*tensors: torch.Tensor | None) -> str:
