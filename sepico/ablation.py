@@ -128,7 +128,8 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
     cfg.train.checkpoint_interval = max(1, cfg.train.max_iters // 4)  # an interruption loses little
     cfg.train.keep_checkpoints = 1
     start = time.perf_counter()
-    trainer = Trainer(cfg, run_dir, resume=latest_checkpoint(run_dir) is not None, progress=progress)
+    resume = latest_checkpoint(run_dir) is not None  # else a fresh start (overwriting a run cut short)
+    trainer = Trainer(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress)
     ev = trainer.train()
     result = {"variant": run.variant, "temperature": run.temperature, "seed": run.seed,
               "momentum": cfg.method.momentum, "iterations": cfg.train.max_iters,

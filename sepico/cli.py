@@ -16,30 +16,74 @@ from sepico.train.config import ConfigError
 def _train(args) -> int:
     from sepico.train import Trainer, load_config
 
-    cfg = load_config(args.config, args.set)
+    if args.resume:
+        cfg = _resume_config(args)
+    elif args.config is None:
+        raise ConfigError("sepico train needs a CONFIG file (or --resume RUN_DIR)")
+    else:
+        cfg = load_config(args.config, args.set)
     run_dir = args.resume or cfg.train.run_dir or None
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                      progress=not args.no_progress)
     result = trainer.train()
     print(json.dumps({"run_dir": str(trainer.run_dir), "iteration": trainer.iteration,
                       "miou": result.get("miou")}))
     return 0
 
 
+def _resume_config(args):
+    """The configuration stored in the run; a CONFIG given beside it, and --set, may change only
+    the fields that cannot change what the run already computed (``RESUMABLE_FIELDS``)."""
+    from sepico.train import load_config
+    from sepico.train.config import apply_overrides, from_dict, validate
+    from sepico.train.trainer import RESUMABLE_FIELDS, changed_fields
+
+    if args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    stored_file = Path(args.resume) / "config.json"
+    if not stored_file.is_file():
+        raise ConfigError(f"--resume: {args.resume} holds no run (no config.json)")
+    try:
+        stored = json.loads(stored_file.read_text())
+    except ValueError as err:
+        raise ConfigError(f"--resume: {stored_file} is not valid JSON ({err})") from None
+    cfg = from_dict(stored)
+    if args.config is not None:
+        given = load_config(args.config, args.set).to_dict()
+        differing = changed_fields(stored, given)
+        if differing:
+            raise ConfigError(f"--resume: {args.config} differs from the configuration stored in "
+                              f"{args.resume} in {', '.join(differing)} (a resumed run may change only "
+                              f"{', '.join(RESUMABLE_FIELDS)})")
+        overrides = [f"{key}={_toml(given[key.split('.')[0]][key.split('.')[1]])}" for key in RESUMABLE_FIELDS]
+    else:
+        for item in args.set:
+            key = item.split("=", 1)[0].strip()
+            if key not in RESUMABLE_FIELDS:
+                raise ConfigError(f"--resume: --set {key} would change what the run already computed; a "
+                                  f"resumed run may change only {', '.join(RESUMABLE_FIELDS)}")
+        overrides = list(args.set)
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def _toml(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
 def _eval(args) -> int:
     """Evaluate a checkpoint's student (or EMA teacher) on its run's target val split, or on the
     dataset named by --data/--root; prints the per-class table and the result JSON."""
-    import torch
-
     from sepico.evaluation import evaluate, format_table
     from sepico.train.config import apply_overrides, from_dict, validate
+    from sepico.train.checkpoint import read_checkpoint
     from sepico.train.data import build_test_dataset
     from sepico.train.trainer import build_run_model, resolve_device
 
     path = Path(args.checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+    state = read_checkpoint(path)
+    if "config" not in state or "model" not in state:
         raise ConfigError(f"{path} is not a sepico training checkpoint (no config / model)")
     cfg = from_dict(state["config"])
     overrides = [f"data.{key}={value}" for key, value in (
@@ -112,10 +156,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sepico", description="SePiCo domain-adaptive segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train from a TOML config")
-    t.add_argument("config", help="TOML file (sections data, model, optim, method, train)")
+    t.add_argument("config", nargs="?", help="TOML file (sections data, model, optim, method, train); "
+                   "with --resume optional (the run's stored configuration is used)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set optim.lr=1e-4 (repeatable)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint "
+                   "that loads, with the configuration stored there")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in the run folder (its config, "
+                   "metrics, log, result and checkpoints are removed, and named)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU)")
     e.add_argument("checkpoint")

@@ -106,10 +106,8 @@ def train_one(cfg, run_dir: Path, label: str, progress: bool):
     if progress:
         print(f"\n== {label}: {cfg.train.max_iters} iterations, batch {cfg.train.batch_size} + "
               f"{cfg.train.batch_size} ==", flush=True)
-    if (run_dir / "metrics.jsonl").exists():  # a fresh run, not a continuation of an old one
-        (run_dir / "metrics.jsonl").unlink()
     start = time.perf_counter()
-    trainer = Trainer(cfg, run_dir, progress=progress)
+    trainer = Trainer(cfg, run_dir, overwrite=True, progress=progress)  # a fresh run in the demo's folder
     target = trainer.train()
     wall = time.perf_counter() - start
     d = cfg.data

@@ -117,7 +117,7 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
     last = latest_checkpoint(run)
     stopped_at = int(last.stem.split("_")[1])
     assert stopped_at >= 2 and not list(run.glob(".*.tmp"))
-    state = torch.load(last, weights_only=False)
+    state = torch.load(last, weights_only=True)
     assert state["iteration"] == stopped_at
     done = subprocess.run(cmd + ["--resume", str(run), "--set", f"train.max_iters={stopped_at + 1}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

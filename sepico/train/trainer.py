@@ -35,12 +35,40 @@ from sepico.estimator import ClassDistributionEstimator
 from sepico.evaluation import evaluate
 from sepico.models import build_model, load_pretrained_encoder
 from sepico.train import augment
-from sepico.train.checkpoint import atomic_save, checkpoint_path, latest_checkpoint, prune_checkpoints
+from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoints, newest_readable_checkpoint,
+                                     prune_checkpoints, read_checkpoint, remove_stale_temporaries)
 from sepico.train.config import Config, ConfigError
 from sepico.train.data import BatchStream, build_datasets
 
 IGNORE = 255
 CONTRASTIVE = ("dist", "proto", "bank")
+# What a resumed run may change: nothing that the iterations already computed depend on.
+RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
+                    "train.keep_checkpoints", "train.device", "train.run_dir", "data.num_workers")
+RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "train.log")
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The files of a run in ``run_dir``: its config, metrics, log, result and checkpoints."""
+    run_dir = Path(run_dir)
+    return [p for p in (run_dir / name for name in RUN_FILES) if p.is_file()] + list_checkpoints(run_dir)
+
+
+def changed_fields(stored: dict, current: dict) -> list[str]:
+    """``section.field`` names whose values differ between two config dicts, resumable ones aside."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            out += [f"{key}.{k}" for k in sorted(set(a or {}) | set(b or {}))
+                    if _plain((a or {}).get(k)) != _plain((b or {}).get(k)) and f"{key}.{k}" not in RESUMABLE_FIELDS]
+        elif _plain(a) != _plain(b) and key not in RESUMABLE_FIELDS:
+            out.append(key)
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
 GRADIENT_BUCKET = 1 << 24  # elements per all-reduce of the averaged gradients
 
 
@@ -99,7 +127,10 @@ class Trainer:
     """Builds everything from a `Config`; `train()` runs to `train.max_iters`, resumable."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
-                 progress: bool = True):
+                 overwrite: bool = False, progress: bool = True):
+        """``resume``: continue from the newest checkpoint that loads (the configuration must be the
+        stored one but for ``RESUMABLE_FIELDS``). Otherwise a run folder that already holds a run
+        is refused, unless ``overwrite`` (its run files are then removed, and named)."""
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.run_dir or Path("runs") / cfg.name)
         self.rank, self.world, local_rank = init_distributed()
@@ -149,16 +180,33 @@ class Trainer:
             device=self.device)
         self.iteration = 0
         self._stop_signal = None
+        if self.rank == 0:
+            for stale in remove_stale_temporaries(self.run_dir):
+                print(f"warning: removed {stale}, left by a checkpoint save that was cut short",
+                      file=sys.stderr, flush=True)
         if resume:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None:
-                raise ConfigError(f"--resume: no checkpoint in {self.run_dir}")
-            self.load_checkpoint(ckpt)
+            self.load_checkpoint(*newest_readable_checkpoint(self.run_dir, self.device))
+        else:
+            self._claim_run_dir(overwrite)
         shard = 1_000_003 * self.rank  # distinct data order per rank
         self.source = BatchStream(self.data.source, cfg.train.batch_size, seed=cfg.train.seed + shard,
                                   start=self.iteration, num_workers=cfg.data.num_workers)
         self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7 + shard,
                                   start=self.iteration, num_workers=cfg.data.num_workers)
+
+    def _claim_run_dir(self, overwrite: bool) -> None:
+        """A fresh run never mixes with an earlier one in the same folder (its metrics, config
+        and checkpoints would be cut, overwritten or pruned)."""
+        found = run_files(self.run_dir)
+        if not found or self.rank != 0:
+            return
+        names = ", ".join(sorted(p.name for p in found))
+        if not overwrite:
+            raise ConfigError(f"{self.run_dir} already holds a run ({names}); use --resume {self.run_dir} "
+                              "to continue it, --overwrite to replace it, or another train.run_dir")
+        print(f"--overwrite: removing {names} from {self.run_dir}", file=sys.stderr, flush=True)
+        for p in found:
+            p.unlink()
 
     # ------------------------------------------------------------------ one iteration
 
@@ -353,9 +401,18 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _rng_state(self) -> dict:
+        """Every RNG state as tensors and plain values (what ``weights_only`` loading reads)."""
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
         return {"generator": self.gen.get_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(), "python": random.getstate()}
+                "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+                "python": random.getstate()}
+
+    @staticmethod
+    def _set_rng_numpy(state: dict) -> None:
+        np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                             state["has_gauss"], state["cached_gaussian"]))
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs; ``rng`` holds one entry per rank (a collective call
@@ -388,8 +445,13 @@ class Trainer:
             dist.barrier()
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+    def load_checkpoint(self, path: Path, state: dict | None = None) -> None:
+        """Restore a checkpoint (``state``: its contents, when already read)."""
+        state = read_checkpoint(path, self.device) if state is None else state
+        differing = changed_fields(state.get("config", {}), self.cfg.to_dict())
+        if differing:
+            raise ConfigError(f"--resume: {path} was written with another configuration; differing "
+                              f"fields: {', '.join(differing)} (only {', '.join(RESUMABLE_FIELDS)} may change)")
         self.model.load_state_dict(state["model"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -403,7 +465,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
+        self._set_rng_numpy(rng["numpy"])
         random.setstate(rng["python"])
         self.iteration = int(state["iteration"])
 
@@ -423,15 +485,30 @@ class Trainer:
         return bool(int(stop))
 
     def _metrics_file(self):
-        """metrics.jsonl, without lines from beyond the checkpoint a resumed run starts from
-        (rank 0 only; other ranks write nowhere)."""
+        """metrics.jsonl, without lines from beyond the checkpoint a resumed run starts from and
+        without a last line that a kill cut short (rank 0 only; other ranks write nowhere)."""
         if self.rank != 0:
             return open(os.devnull, "a")
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
-            keep = [line for line in path.read_text().splitlines()
-                    if line and json.loads(line).get("iteration", 0) <= self.iteration]
-            path.write_text("".join(line + "\n" for line in keep))
+            keep = []
+            lines = path.read_text().splitlines()
+            for k, line in enumerate(lines):
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    if k != len(lines) - 1:
+                        raise ConfigError(f"{path}: line {k + 1} is not JSON; the run's metrics are damaged") from None
+                    print(f"warning: {path}: dropping a partial last line (a write that was cut short)",
+                          file=sys.stderr, flush=True)
+                    continue
+                if record.get("iteration", 0) <= self.iteration:
+                    keep.append(line)
+            tmp = path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(path)
         return open(path, "a")
 
     def train(self) -> dict:

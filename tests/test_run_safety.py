@@ -1,0 +1,153 @@
+"""Runs that run no foreign code and lose no work: checkpoint reading, run folders, resume."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sepico import ablation
+from sepico.train import Trainer
+from sepico.train.checkpoint import CheckpointError, read_checkpoint
+from tests.test_train import _assert_same, _state, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+class _Payload:
+    """Pickles to a call that creates a marker file when the pickle is loaded with full unpickling."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _evil_checkpoint(path: Path, marker: Path, cfg) -> Path:
+    torch.save({"iteration": 2, "config": cfg.to_dict(), "model": _Payload(marker)}, path)
+    return path
+
+
+def _cli(*args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "sepico.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _config_file(tmp_path, **train) -> Path:
+    lines = ['name = "tiny"', "[data]", "size = [32, 64]", "train_length = 8", "test_length = 2",
+             "[model]", 'name = "convnet_small"', "proj_dim = 8", "[method]", 'variant = "dist"',
+             "start_distribution_iter = 1", "[train]", "batch_size = 2", "log_interval = 1",
+             *(f"{k} = {v}" for k, v in {"max_iters": 4, "checkpoint_interval": 2, **train}.items())]
+    path = tmp_path / "tiny.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_crafted_checkpoint_runs_nothing_in_eval_resume_and_ablate(tmp_path):
+    marker = tmp_path / "marker"
+    cfg = tiny_config()
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker, cfg)
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused: it holds more than tensors"):
+        read_checkpoint(evil)
+    proc = _cli("eval", evil)
+    assert proc.returncode == 2 and "refused" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # --resume: the run's only checkpoint is the crafted one.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    _evil_checkpoint(run / "ckpt_00000002.pt", marker, cfg)
+    proc = _cli("train", "--resume", run, "--no-progress")
+    assert proc.returncode == 2 and "refused" in proc.stderr and "no checkpoint in" in proc.stderr
+    # sepico ablate resumes an interrupted run from its checkpoint.
+    out = tmp_path / "ablation"
+    first = ablation.plan([0], quick=True)[0]
+    (out / "runs" / first.name).mkdir(parents=True)
+    _evil_checkpoint(out / "runs" / first.name / "ckpt_00000001.pt", marker, cfg)
+    with pytest.raises(CheckpointError):
+        ablation.execute(first, ablation.DEFAULT_CONFIG, out, 2, [], False)
+    assert not marker.exists()
+
+
+def test_checkpoints_we_write_load_without_full_unpickling(tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path, progress=False)
+    trainer.step()
+    state = torch.load(trainer.save_checkpoint(), weights_only=True)
+    assert isinstance(state["rng"][0]["numpy"]["keys"], torch.Tensor)
+
+
+def test_a_used_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
+    config = _config_file(tmp_path)
+    run = tmp_path / "run"
+    assert _cli("train", config, "--no-progress", "--set", f"train.run_dir={run}").returncode == 0
+    before = (run / "metrics.jsonl").read_text()
+    again = _cli("train", config, "--no-progress", "--set", f"train.run_dir={run}")
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "already holds a run" in again.stderr and "--resume" in again.stderr
+    assert (run / "metrics.jsonl").read_text() == before and (run / "ckpt_00000004.pt").exists()
+    over = _cli("train", config, "--no-progress", "--overwrite", "--set", f"train.run_dir={run}",
+                "--set", "train.max_iters=2")
+    assert over.returncode == 0, over.stderr
+    assert "--overwrite: removing" in over.stderr and "ckpt_00000004.pt" in over.stderr
+    assert sorted(p.name for p in run.glob("ckpt_*.pt")) == ["ckpt_00000002.pt"]
+    assert [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss_ce" in line] == [1, 2]
+
+
+def test_resume_takes_the_stored_configuration(tmp_path):
+    config = _config_file(tmp_path, max_iters=2)
+    run = tmp_path / "run"
+    assert _cli("train", config, "--no-progress", "--set", f"train.run_dir={run}").returncode == 0
+    bad = _cli("train", "--resume", run, "--set", "data.size=64,64", "--set", "train.max_iters=4")
+    assert bad.returncode == 2 and "--set data.size would change what the run already computed" in bad.stderr
+    other = tmp_path / "other.toml"
+    other.write_text(config.read_text().replace("proj_dim = 8", "proj_dim = 16").replace(
+        "size = [32, 64]", "size = [32, 32]"))
+    diff = _cli("train", other, "--resume", run)
+    assert diff.returncode == 2 and "data.size, model.proj_dim" in diff.stderr
+    good = _cli("train", "--resume", run, "--no-progress", "--set", "train.max_iters=3")
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout.strip().splitlines()[-1])["iteration"] == 3
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["data"]["size"] == [32, 64] and stored["train"]["max_iters"] == 3
+
+
+def test_resume_recovers_from_a_damaged_latest_checkpoint_metrics_line_and_temporary(tmp_path, capsys):
+    cfg = tiny_config()
+    cfg.train.max_iters, cfg.train.checkpoint_interval, cfg.train.keep_checkpoints = 4, 1, 5
+    straight = Trainer(cfg, tmp_path / "straight", progress=False)
+    straight.train()
+    run = tmp_path / "run"
+    first = Trainer(cfg, run, progress=False)
+    lines = []
+    for _ in range(3):  # checkpoints 1, 2, 3 and their metrics lines, as train() writes them
+        lines.append(json.dumps({"iteration": first.iteration + 1, **first.step()}))
+        first.save_checkpoint()
+    (run / "ckpt_00000003.pt").write_bytes((run / "ckpt_00000003.pt").read_bytes()[:1000])  # truncated
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][:20])  # a kill mid-write
+    (run / ".ckpt_00000004.pt.tmp").write_bytes(b"\0" * 100)  # a kill during a save
+    capsys.readouterr()
+    resumed = Trainer(cfg, run, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert resumed.iteration == 2 and "skipping" in err and "ckpt_00000003.pt" in err
+    assert ".ckpt_00000004.pt.tmp" in err and not (run / ".ckpt_00000004.pt.tmp").exists()
+    resumed.train()
+    assert "dropping a partial last line" in capsys.readouterr().err
+    _assert_same(_state(straight), _state(resumed))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines if "loss_ce" in line] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 64, os.urandom(4096)])
+def test_unreadable_checkpoint_files_are_named_in_one_line(tmp_path, content):
+    bad = tmp_path / "ckpt_00000001.pt"
+    bad.write_bytes(content)
+    proc = _cli("eval", bad)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "ckpt_00000001.pt: not a readable checkpoint" in proc.stderr
+    folder = _cli("eval", tmp_path)
+    assert folder.returncode == 2 and "is a folder" in folder.stderr
