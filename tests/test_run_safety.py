@@ -151,3 +151,60 @@ def test_unreadable_checkpoint_files_are_named_in_one_line(tmp_path, content):
     assert "ckpt_00000001.pt: not a readable checkpoint" in proc.stderr
     folder = _cli("eval", tmp_path)
     assert folder.returncode == 2 and "is a folder" in folder.stderr
+
+
+def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
+    """Fault injection: a run is killed with SIGKILL three times (twice while a checkpoint is being
+    written, once at a random moment) and resumed each time; it ends where an uninterrupted run
+    ends, bit for bit, with one metrics line per iteration."""
+    import random
+    import signal
+    import time
+
+    config = tmp_path / "kill.toml"
+    config.write_text(
+        'name = "kill"\n[data]\nsize = [64, 128]\ntrain_length = 12\ntest_length = 2\n'
+        '[model]\nname = "deeplabv2_r18"\nproj_dim = 16\nhead_channels = 32\n'
+        '[method]\nvariant = "dist"\nstart_distribution_iter = 1\n'
+        '[train]\nmax_iters = 6\nbatch_size = 2\ncheckpoint_interval = 1\nkeep_checkpoints = 2\nlog_interval = 1\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "sepico.cli", "train", "--no-progress"]
+    straight = tmp_path / "straight"
+    done = subprocess.run(base + [str(config), "--set", f"train.run_dir={straight}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+    run, rng, kills = tmp_path / "run", random.Random(0), []
+    plan = ["during_save", "random", "during_save"]
+    for _ in range(12):  # launches
+        if any(run.glob("ckpt_*.pt")):
+            cmd = base + ["--resume", str(run)]
+        else:  # killed before its first checkpoint: start again
+            cmd = base + [str(config), "--overwrite", "--set", f"train.run_dir={run}"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if len(kills) < len(plan):
+            how, deadline = plan[len(kills)], time.time() + (rng.uniform(2.0, 6.0) if plan[len(kills)] == "random" else 300)
+            while proc.poll() is None and time.time() < deadline:
+                if how == "during_save" and any(run.glob(".ckpt_*.pt.tmp")):
+                    break
+                time.sleep(0.002)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills.append((how, sorted(p.name for p in run.iterdir())))
+                continue
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        if len(kills) == len(plan):
+            break
+    assert [how for how, _ in kills] == plan, kills
+    assert any(name.endswith(".tmp") for _, names in kills for name in names)  # killed mid-save
+    a = torch.load(straight / "ckpt_00000006.pt", weights_only=True)
+    b = torch.load(run / "ckpt_00000006.pt", weights_only=True)
+    for key in ("model", "teacher", "estimator", "iteration"):
+        _assert_same(a[key], b[key], key)
+    _assert_same(a["optimizer"]["state"], b["optimizer"]["state"], "optimizer")
+    iterations = [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if "loss_ce" in line]
+    assert iterations == list(range(1, 7))
+    assert not list(run.glob(".*.tmp"))
