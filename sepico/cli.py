@@ -81,6 +81,10 @@ def _eval(args) -> int:
     from sepico.train.data import build_test_dataset
     from sepico.train.trainer import build_run_model, resolve_device
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        raise ConfigError(f"--out: no folder {Path(args.out).resolve().parent} to write {Path(args.out).name} into")
     path = Path(args.checkpoint)
     state = read_checkpoint(path)
     if "config" not in state or "model" not in state:
@@ -144,12 +148,26 @@ def _info(args) -> int:
         "cuda_available": cuda,
         "kernel_backend_requested": kernels.requested_backend(),
         "kernel_backend_cuda": "triton" if kernels.requested_backend() in ("auto", "triton") else "torch",
-        "kernel_backend_cpu": ("triton (interpreter)" if kernels.requested_backend() == "triton"
-                               and kernels.interpreting() else "torch"),
+        "kernel_backend_cpu": "triton (interpreter)" if kernels.requested_backend() == "triton" else "torch",
     }
     for key, value in info.items():
         print(f"{key:<26} {value}")
     return 0
+
+
+def _check_kernel_backend() -> None:
+    """KERNELS_BACKEND, checked once, before any work: a known name, and triton only where it runs."""
+    import torch
+
+    import kernels
+
+    try:
+        name = kernels.requested_backend()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if name == "triton" and not torch.cuda.is_available() and not kernels.interpreting():
+        raise ConfigError("KERNELS_BACKEND=triton needs a CUDA device, or TRITON_INTERPRET=1 (the Triton "
+                          "interpreter) to run the kernels on the CPU; use auto or torch here")
 
 
 def main(argv=None) -> int:
@@ -193,6 +211,7 @@ def main(argv=None) -> int:
     add_arguments(a)
     args = parser.parse_args(argv)
     try:
+        _check_kernel_backend()
         return {"train": _train, "eval": _eval, "info": _info, "ablate": _ablate}[args.command](args)
     except ConfigError as err:
         print(f"sepico: error: {err}", file=sys.stderr)

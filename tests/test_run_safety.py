@@ -208,3 +208,76 @@ def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
                   if "loss_ce" in line]
     assert iterations == list(range(1, 7))
     assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=nan", "'optim.lr' must be a finite number"),
+    ("optim.lr=inf", "'optim.lr' must be a finite number"),
+    ("method.temperature=nan", "'method.temperature' must be a finite number"),
+    ("optim.betas=1.5,0.9", "'optim.betas' must be in [0, 1)"),
+    ("model.num_classes=5", "'model.num_classes' must be > 13 for the synthetic scenes"),
+    ("data.size=0,0", "'data.size' must be (H, W) of integers > 0"),
+    ("data.train_length=0", "'data.train_length' must be > 0"),
+    ("method.pseudo_threshold=1.5", "'method.pseudo_threshold' must be in [0, 1]"),
+    ("optim.weight_decay=-1", "'optim.weight_decay' must be >= 0"),
+])
+def test_numbers_out_of_range_are_one_line_errors(tmp_path, override, message):
+    proc = _cli("train", _config_file(tmp_path), "--set", override, "--set", f"train.run_dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert message in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_non_finite_loss_stops_with_the_last_finite_state_or_is_skipped(tmp_path, monkeypatch, policy):
+    from sepico.train.trainer import NonFiniteLoss
+
+    cfg = tiny_config()
+    cfg.train.max_iters, cfg.train.on_nonfinite = 3, policy
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    source_ce = trainer._source_ce
+    monkeypatch.setattr(trainer, "_source_ce", lambda logits, label: source_ce(logits, label) * (
+        float("nan") if trainer.iteration == 1 else 1.0))
+    trainer.step()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    if policy == "stop":
+        with pytest.raises(NonFiniteLoss, match=r"non-finite loss at iteration 2 \(loss_ce = nan\).*ckpt_00000001"):
+            trainer.train()
+        state = torch.load(tmp_path / "ckpt_00000001.pt", weights_only=True)
+        params = dict(trainer.model.named_parameters())
+        assert all(torch.equal(state["model"][k], before[k]) for k in params)  # no update from the NaN step
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+        return
+    trainer.train()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss_ce" in line]
+    assert [r.get("skipped", 0) for r in lines] == [1, 0]  # iteration 2 skipped, 3 trained
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("env,args,message", [
+    ({"KERNELS_BACKEND": "bogus"}, ["info"], "KERNELS_BACKEND must be one of"),
+    ({"KERNELS_BACKEND": "triton", "TRITON_INTERPRET": "0"}, ["info"], "KERNELS_BACKEND=triton needs a CUDA device"),
+    ({}, ["eval", "x.pt", "--batch-size", "0"], "--batch-size must be >= 1"),
+    ({}, ["eval", "x.pt", "--out", "/no/such/folder/result.json"], "--out: no folder"),
+])
+def test_cli_mistakes_are_one_line(tmp_path, env, args, message):
+    proc = subprocess.run([sys.executable, "-m", "sepico.cli", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert message in proc.stderr
+
+
+def test_a_damaged_image_met_mid_run_stops_with_a_checkpoint(tmp_path):
+    from sepico.train.config import ConfigError
+    from tests.test_datasets import make_cityscapes, make_gta5, real_config
+
+    gta5, cityscapes = make_gta5(tmp_path / "gta5"), make_cityscapes(tmp_path / "cityscapes")
+    cfg = real_config(tmp_path, "gta5", gta5, "cityscapes", cityscapes)
+    cfg.train.max_iters = 3
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.step()
+    for image in (gta5 / "images").iterdir():
+        image.write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"cannot read the image.*stopped at iteration 1; checkpoint .*ckpt_00000001"):
+        trainer.train()
+    assert torch.load(tmp_path / "run" / "ckpt_00000001.pt", weights_only=True)["iteration"] == 1

@@ -261,3 +261,13 @@ def test_deterministic_switch_sets_the_torch_flags(tmp_path):
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+
+
+def test_set_takes_toml_values_and_the_plain_form():
+    cfg = apply_overrides(Config(), ['data.size=[32, 64]', 'name="my run"', "train.amp=true",
+                                     "optim.betas=[0.8, 0.9]", "method.momentum=none", "train.seed=3"])
+    assert cfg.data.size == (32, 64) and cfg.name == "my run" and cfg.train.amp is True
+    assert cfg.optim.betas == (0.8, 0.9) and cfg.method.momentum is None and cfg.train.seed == 3
+    assert apply_overrides(Config(), ["data.size=32,64"]).data.size == (32, 64)
+    with pytest.raises(ConfigError, match="is not a TOML value"):
+        apply_overrides(Config(), ["data.size=[32,"])

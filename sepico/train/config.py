@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ TARGET_PASSES = ("projection", "full")
 MIX_CLASSES = ("batch", "image")
 CE_REDUCTIONS = ("all", "valid")
 ENCODER_NORMS = ("batch", "group")
+ON_NONFINITE = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -118,6 +120,7 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     amp: bool = False                # bfloat16 autocast on GPU (ignored on CPU); official runs: float32
     deterministic: bool = False      # deterministic cuDNN / PyTorch algorithms (bitwise-repeatable GPU runs)
+    on_nonfinite: str = "stop"       # a NaN / inf loss: stop (checkpoint of the last finite state) | skip the step
     log_interval: int = 50
     checkpoint_interval: int = 2000
     keep_checkpoints: int = 3
@@ -197,13 +200,25 @@ def _set(cfg: Config, key: str, value) -> None:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``section.field=value`` strings (the CLI's --set)."""
+    """Apply ``section.field=value`` strings (the CLI's --set). A value is a TOML value
+    (``[32, 64]``, ``"text"``, ``true``, ``1e-4``) or the plain form (``32,64``, ``text``)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set takes section.field=value, got {item!r}")
         key, value = item.split("=", 1)
-        _set(cfg, key.strip(), value.strip())
+        _set(cfg, key.strip(), _toml_value(value.strip()))
     return cfg
+
+
+def _toml_value(text: str):
+    """The TOML value ``text`` spells, for the forms plain text cannot mean: arrays, quoted
+    strings, booleans; anything else stays text for the field's own conversion."""
+    if not text or text[0] not in "[\"'" and text not in ("true", "false"):
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"--set value {text!r} is not a TOML value ({err})") from None
 
 
 def from_dict(data: dict) -> Config:
@@ -244,6 +259,12 @@ def validate(cfg: Config) -> None:
         if value < 0 or (value == 0 and not zero_ok):
             raise ConfigError(f"config field '{key}' must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
+    def within(key, value, low, high, *, low_open=False, high_open=False):
+        if (value < low or value > high or (low_open and value == low) or (high_open and value == high)):
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            raise ConfigError(f"config field '{key}' must be in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+
+    _check_finite(cfg)
     m, t, o = cfg.method, cfg.train, cfg.optim
     choice("method.variant", m.variant, VARIANTS)
     choice("method.covariance", m.covariance, COVARIANCES)
@@ -254,6 +275,7 @@ def validate(cfg: Config) -> None:
     choice("method.mix_classes", m.mix_classes, MIX_CLASSES)
     choice("method.ce_reduction", m.ce_reduction, CE_REDUCTIONS)
     choice("model.encoder_norm", cfg.model.encoder_norm, ENCODER_NORMS)
+    choice("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE)
     if cfg.model.encoder_norm != "batch" and cfg.model.name != "convnet_small":
         raise ConfigError("config field 'model.encoder_norm' applies to convnet_small only "
                           f"(model.name is {cfg.model.name!r})")
@@ -273,19 +295,55 @@ def validate(cfg: Config) -> None:
     positive("train.keep_checkpoints", t.keep_checkpoints)
     positive("train.eval_interval", t.eval_interval, zero_ok=True)
     positive("optim.lr", o.lr)
+    positive("optim.head_lr_mult", o.head_lr_mult)
+    positive("optim.weight_decay", o.weight_decay, zero_ok=True)
     positive("optim.warmup_iters", o.warmup_iters, zero_ok=True)
+    within("optim.warmup_ratio", o.warmup_ratio, 0.0, 1.0)
+    positive("optim.power", o.power, zero_ok=True)
     if len(o.betas) != 2:
         raise ConfigError(f"config field 'optim.betas' must have two values, got {o.betas!r}")
-    if len(cfg.data.size) != 2:
-        raise ConfigError(f"config field 'data.size' must be (H, W), got {cfg.data.size!r}")
+    for beta in o.betas:
+        within("optim.betas", beta, 0.0, 1.0, high_open=True)
+    positive("method.ratio", m.ratio, zero_ok=True)
+    positive("method.reg_weight", m.reg_weight, zero_ok=True)
+    positive("method.contrast_weight", m.contrast_weight, zero_ok=True)
+    positive("method.start_distribution_iter", m.start_distribution_iter, zero_ok=True)
+    positive("method.start_self_training_iter", m.start_self_training_iter, zero_ok=True)
+    positive("method.ignore_top", m.ignore_top, zero_ok=True)
+    positive("method.ignore_bottom", m.ignore_bottom, zero_ok=True)
+    for key in ("pseudo_threshold", "scale_min_ratio", "color_jitter_strength", "color_jitter_p", "blur_p"):
+        within(f"method.{key}", getattr(m, key), 0.0, 1.0)
+    if len(cfg.data.size) != 2 or any(not isinstance(v, int) or v < 1 for v in cfg.data.size):
+        raise ConfigError(f"config field 'data.size' must be (H, W) of integers > 0, got {cfg.data.size!r}")
+    positive("data.train_length", cfg.data.train_length)
+    positive("data.test_length", cfg.data.test_length)
     _validate_data(cfg.data, choice, positive)
     positive("model.num_classes", cfg.model.num_classes)
+    if "synthetic" in (cfg.data.source, cfg.data.target):
+        from sepico.data.synthetic import SYNTHETIC_CLASSES
+
+        if cfg.model.num_classes <= max(SYNTHETIC_CLASSES):
+            raise ConfigError(f"config field 'model.num_classes' must be > {max(SYNTHETIC_CLASSES)} for the "
+                              f"synthetic scenes (their labels are Cityscapes train ids), got {cfg.model.num_classes}")
     positive("model.proj_dim", cfg.model.proj_dim)
     positive("model.head_channels", cfg.model.head_channels)
     from sepico.models import MODEL_NAMES
     choice("model.name", cfg.model.name, MODEL_NAMES)
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"config field 'model.pretrained': no file at {cfg.model.pretrained}")
+
+
+def _check_finite(cfg: Config) -> None:
+    """No NaN or infinity in any number of the configuration."""
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            for item in (v if isinstance(v, tuple) else (v,)):
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"config field '{section.name}.{f.name}' must be a finite number, got {v!r}")
 
 
 def _validate_data(d: DataConfig, choice, positive) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import signal
@@ -30,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sepico import losses
+from sepico.data.real import DatasetError
 from sepico.data.transforms import normalize
 from sepico.estimator import ClassDistributionEstimator
 from sepico.evaluation import evaluate
@@ -70,6 +72,10 @@ def changed_fields(stored: dict, current: dict) -> list[str]:
 def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
 GRADIENT_BUCKET = 1 << 24  # elements per all-reduce of the averaged gradients
+
+
+class NonFiniteLoss(ConfigError):
+    """A training loss was NaN or infinite (train.on_nonfinite = "stop")."""
 
 
 def build_run_model(m) -> torch.nn.Module:
@@ -364,10 +370,22 @@ class Trainer:
             log["loss_mix"] = mix_loss.item()
             mix_loss.backward()
 
-        if self.world > 1:
-            self._average_gradients()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        bad = {k: v for k, v in log.items() if k.startswith("loss") and not math.isfinite(v)}
+        skip = torch.tensor([float(bool(bad))], device=self.device)
+        if self.world > 1:  # every rank skips or stops together
+            dist.all_reduce(skip, op=dist.ReduceOp.MAX)
+        if skip.item():  # no update from this step: the model stays at its last finite state
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.cfg.train.on_nonfinite == "stop":
+                what = ", ".join(f"{k} = {v}" for k, v in bad.items()) or "on another rank"
+                raise NonFiniteLoss(f"non-finite loss at iteration {it + 1} ({what}); stopped with the model "
+                                    "of the last finite step (train.on_nonfinite = \"skip\" skips such steps)")
+            log["skipped"] = 1
+        else:
+            if self.world > 1:
+                self._average_gradients()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.world > 1:
             self._broadcast_buffers()
@@ -526,7 +544,18 @@ class Trainer:
                 logf.write(f"start at iteration {self.iteration} on {self.device}\n")
                 start, first = time.perf_counter(), self.iteration
                 while self.iteration < cfg.train.max_iters:
-                    log = self.step()
+                    try:
+                        log = self.step()
+                    except NonFiniteLoss as err:
+                        path = self.save_checkpoint()
+                        logf.write(f"{err}; checkpoint {path.name}\n")
+                        raise NonFiniteLoss(f"{err}; checkpoint {path}") from None
+                    except DatasetError as err:  # a damaged image or label: keep the work done so far
+                        path = self.save_checkpoint()
+                        cause = [line for line in str(err).strip().splitlines() if line.strip()][-1]
+                        logf.write(f"stopped at iteration {self.iteration}: {cause}; checkpoint {path.name}\n")
+                        raise ConfigError(f"{cause} (stopped at iteration {self.iteration}; checkpoint {path}; "
+                                          "fix or remove the file, then --resume)") from None
                     speed = (self.iteration - first) / max(time.perf_counter() - start, 1e-9)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()} | {"mem": _memory(self.device)},
