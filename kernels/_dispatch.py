@@ -154,6 +154,8 @@ def check_same_device(**tensors) -> None:
 
 def check_label_range(labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
     """One reduction and one host sync: every label is ignore_index or in [0, C)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
     if labels.numel() == 0:
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
@@ -172,6 +174,8 @@ def check_stats(mean, cov, num_classes: int | None, dim: int) -> None:
         raise ValueError(f"mean must have shape {want}, got {tuple(mean.shape)}")
     if not mean.is_floating_point():
         raise TypeError(f"mean must be floating point, got {mean.dtype}")
+    if not 1 <= mean.shape[0] <= 256:
+        raise ValueError(f"mean must hold 1 to 256 classes, got C = {mean.shape[0]}")
     if cov is None:
         return
     if not isinstance(cov, torch.Tensor):

@@ -36,14 +36,15 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 @triton.jit
-def _cov_times_z(Z, stride_zn, stride_zd, offs_n, mask_n, A_c, offs_j, mask_j, D,
+def _cov_times_z(z_rows, stride_zd, mask_n, A_c, offs_j, mask_j, D,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
-    """[BLOCK_N, BLOCK_D] chunk (columns offs_j) of z @ A_c for one class's D x D matrix."""
+    """[BLOCK_N, BLOCK_D] chunk (columns offs_j) of z @ A_c for one class's D x D matrix
+    (``z_rows``: the [BLOCK_N, 1] row pointers of the program's pixels)."""
     u = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for k0 in range(0, D, BLOCK_D):
         offs_k = k0 + tl.arange(0, BLOCK_D)
         mask_k = offs_k < D
-        zk = tl.load(Z + offs_n[:, None] * stride_zn + offs_k[None, :] * stride_zd,
+        zk = tl.load(z_rows + offs_k.to(tl.int64)[None, :] * stride_zd,
                      mask=mask_n[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
         a = tl.load(A_c + offs_k[:, None] * D + offs_j[None, :],
                     mask=mask_k[:, None] & mask_j[None, :], other=0.0)
@@ -78,6 +79,9 @@ def _dist_contrastive_kernel(
     G += start * D
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N - start
+    # Row pointers with 64-bit in-block offsets (and 64-bit channel offsets below): a strided
+    # view's (BLOCK_N - 1) * stride_zn or (D - 1) * stride_zd may pass 2^31.
+    z_rows = Z + offs_n.to(tl.int64)[:, None] * stride_zn
     y = tl.load(Y + offs_n, mask=mask_n, other=ignore_index)
     valid = mask_n & (y != ignore_index)
     y = tl.where(valid, y, 0)
@@ -92,7 +96,7 @@ def _dist_contrastive_kernel(
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
-        z = tl.load(Z + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+        z = tl.load(z_rows + offs_d.to(tl.int64)[None, :] * stride_zd,
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
         stats_t = offs_c[None, :] * D + offs_d[:, None]
         mask_t = mask_c[None, :] & mask_d[:, None]
@@ -106,9 +110,9 @@ def _dist_contrastive_kernel(
             for j0 in range(0, D, BLOCK_D):
                 offs_j = j0 + tl.arange(0, BLOCK_D)
                 mask_j = offs_j < D
-                u = _cov_times_z(Z, stride_zn, stride_zd, offs_n, mask_n, A + c * D * D,
+                u = _cov_times_z(z_rows, stride_zd, mask_n, A + c * D * D,
                                  offs_j, mask_j, D, BLOCK_N, BLOCK_D, PRECISION)
-                zj = tl.load(Z + offs_n[:, None] * stride_zn + offs_j[None, :] * stride_zd,
+                zj = tl.load(z_rows + offs_j.to(tl.int64)[None, :] * stride_zd,
                              mask=mask_n[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
                 q += tl.sum(zj * u, axis=1)
             quad += tl.where(offs_c[None, :] == c, q[:, None], 0.0)
@@ -139,14 +143,14 @@ def _dist_contrastive_kernel(
             mask_s = mask_c[:, None] & mask_d[None, :]
             g = tl.dot(coef, tl.load(M + stats, mask=mask_s, other=0.0), input_precision=PRECISION)
             if COV_MODE == 1:
-                z = tl.load(Z + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+                z = tl.load(z_rows + offs_d.to(tl.int64)[None, :] * stride_zd,
                             mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
                 g += 2.0 * z * tl.dot(pw, tl.load(A + stats, mask=mask_s, other=0.0),
                                       input_precision=PRECISION)
             if COV_MODE == 2:
                 for c in range(0, C):
                     p_c = tl.sum(tl.where(offs_c[None, :] == c, pw, 0.0), axis=1)
-                    u = _cov_times_z(Z, stride_zn, stride_zd, offs_n, mask_n,
+                    u = _cov_times_z(z_rows, stride_zd, mask_n,
                                      A + c * D * D, offs_d, mask_d, D, BLOCK_N, BLOCK_D, PRECISION)
                     g += (2.0 * p_c)[:, None] * u
             g = tl.where(valid[:, None], g, 0.0)

@@ -151,12 +151,13 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
     n_b = (bounds[1:] - bounds[:-1]).to(mean.dtype)
     on_triton = resolve_backend(feats, mean) == "triton"
     partials = moment_partials_triton if on_triton else moment_partials_torch
-    total, _ = partials(feats, order, bounds, num_classes, second_mode=NO_SECOND)
-    batch_mean = (total / n_b.clamp(min=1.0)[:, None]).to(mean.dtype)
-    _, centred = partials(feats, order, bounds, num_classes, shift=batch_mean, with_total=False,
-                          second_mode=FULL if full else DIAG)
-    merge = _merge_triton if on_triton else _merge_torch
-    return merge(count, mean, cov, n_b, batch_mean, centred.to(mean.dtype))
+    with torch.no_grad():  # statistics: detached on every backend
+        total, _ = partials(feats, order, bounds, num_classes, second_mode=NO_SECOND)
+        batch_mean = (total / n_b.clamp(min=1.0)[:, None]).to(mean.dtype)
+        _, centred = partials(feats, order, bounds, num_classes, shift=batch_mean, with_total=False,
+                              second_mode=FULL if full else DIAG)
+        merge = _merge_triton if on_triton else _merge_torch
+        return merge(count, mean, cov, n_b, batch_mean, centred.to(mean.dtype))
 
 
 def merge_class_moments(count, mean, cov, batch_count, batch_total, batch_second, *, shift=None):
@@ -188,5 +189,6 @@ def merge_class_moments(count, mean, cov, batch_count, batch_total, batch_second
         centred = (batch_second.to(dtype) - n_b[:, None] * d * d).clamp(min=0.0)
     on_triton = resolve_backend(mean) == "triton"
     merge = _merge_triton if on_triton else _merge_torch
-    return merge(count.contiguous(), mean.contiguous(), cov.contiguous(), n_b.contiguous(),
-                 batch_mean.contiguous(), centred.contiguous())
+    with torch.no_grad():
+        return merge(count.contiguous(), mean.contiguous(), cov.contiguous(), n_b.contiguous(),
+                     batch_mean.contiguous(), centred.contiguous())

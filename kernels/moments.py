@@ -71,7 +71,8 @@ def _class_moment_partials_kernel(
         mask_n = offs_n < hi
         rows = tl.load(ORDER + offs_n, mask=mask_n, other=0)
         tile_i = mask_n[:, None] & mask_i[None, :]
-        zi = tl.load(Z + rows[:, None] * stride_zn + offs_i[None, :] * stride_zd,
+        # 64-bit offsets: rows are int64 already; (D - 1) * stride_zd of a strided view may pass 2^31.
+        zi = tl.load(Z + rows[:, None] * stride_zn + offs_i.to(tl.int64)[None, :] * stride_zd,
                      mask=tile_i, other=0.0).to(tl.float32)
         if HAS_SHIFT:
             zi = tl.where(tile_i, zi - shift_i[None, :], 0.0)
@@ -81,7 +82,7 @@ def _class_moment_partials_kernel(
             acc_diag += tl.sum(zi * zi, axis=0)
         if SECOND_MODE == 2:
             tile_j = mask_n[:, None] & mask_j[None, :]
-            zj = tl.load(Z + rows[:, None] * stride_zn + offs_j[None, :] * stride_zd,
+            zj = tl.load(Z + rows[:, None] * stride_zn + offs_j.to(tl.int64)[None, :] * stride_zd,
                          mask=tile_j, other=0.0).to(tl.float32)
             if HAS_SHIFT:
                 zj = tl.where(tile_j, zj - shift_j[None, :], 0.0)
@@ -201,8 +202,9 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
 
     Returns:
         ``(count, total, second)``: count [C] float32, total [C, D], second [C, D] or [C, D, D],
-        accumulated in float32 (float64 for float64 feats). Ignored pixels contribute nothing;
-        absent classes give zeros. Bit-for-bit reproducible on the same device (no atomics).
+        accumulated in float32 (float64 for float64 feats), detached from autograd. Ignored
+        pixels contribute nothing; absent classes give zeros. Bit-for-bit reproducible on the same
+        device (no atomics).
     """
     if covariance not in ("diag", "full"):
         raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
@@ -225,6 +227,7 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
     if shift is not None:
         acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
         shift = shift.to(acc).contiguous()
-    total, second = impl(feats, order, bounds, num_classes, shift=shift,
-                         second_mode=FULL if full else DIAG)
+    with torch.no_grad():  # statistics, not a differentiable op: detached on every backend
+        total, second = impl(feats, order, bounds, num_classes, shift=shift,
+                             second_mode=FULL if full else DIAG)
     return count, total, second

@@ -149,6 +149,10 @@ class ClassDistributionEstimator:
         weight_count = self._count
         if self._momentum is not None:
             valid = labels[labels != ignore_index].long()
+            if valid.numel() and bool((valid < 0).any() | (valid >= self.num_classes).any()):
+                value = int(valid[(valid < 0) | (valid >= self.num_classes)][0])
+                raise ValueError(f"labels must be in [0, {self.num_classes}) or ignore_index={ignore_index}; "
+                                 f"found {value}")  # the kernels' check, before bincount sees the label
             weight_count = self._forgetting_count(torch.bincount(valid, minlength=self.num_classes))
         count, mean, cov = kernels.update_class_distribution(
             weight_count, self._mean, self._cov, feats, labels, ignore_index=ignore_index)
@@ -229,6 +233,14 @@ class ClassDistributionEstimator:
                                  f"estimator expects {tuple(current[key].shape)}")
             loaded[key] = value.detach().to(device=current[key].device,
                                             dtype=current[key].dtype, copy=True)
+        for key in ("count", "mean", "cov", "bank"):
+            if not bool(torch.isfinite(loaded[key]).all()):
+                raise ValueError(f"state_dict[{key!r}] holds NaN or infinite values")
+        if bool((loaded["count"] < 0).any()):
+            raise ValueError("state_dict['count'] holds negative pixel counts")
+        diagonal = loaded["cov"] if loaded["cov"].dim() == 2 else loaded["cov"].diagonal(dim1=1, dim2=2)
+        if bool((diagonal < 0).any()):
+            raise ValueError("state_dict['cov'] holds negative variances")
         lengths = loaded["bank_len"]
         if bool(((lengths < 0) | (lengths > self._memory_length)).any()):
             raise ValueError(f"state_dict['bank_len'] must be in [0, {self._memory_length}], got "
