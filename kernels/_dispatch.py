@@ -175,7 +175,7 @@ def check_stats(mean, cov, num_classes: int | None, dim: int) -> None:
     if not mean.is_floating_point():
         raise TypeError(f"mean must be floating point, got {mean.dtype}")
     if not 1 <= mean.shape[0] <= 256:
-        raise ValueError(f"mean must hold 1 to 256 classes, got C = {mean.shape[0]}")
+        raise ValueError(f"mean must hold at least 1 and at most 256 classes, got C = {mean.shape[0]}")
     if cov is None:
         return
     if not isinstance(cov, torch.Tensor):
