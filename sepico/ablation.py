@@ -198,7 +198,7 @@ def comparisons(rows) -> list[dict]:
         if variant == "distcl_diag_momentum" and ("distcl_diag", t) in by:
             wanted.append((key, ("distcl_diag", t)))
     pairs = []
-    for a, b in wanted:
+    for a, b in dict.fromkeys(wanted):  # each pair once, in the order asked
         ra, rb = by[a], by[b]
         common = sorted(set(ra["seeds"]) & set(rb["seeds"]))
         if not common:

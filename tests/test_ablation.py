@@ -78,6 +78,9 @@ def test_paired_comparisons_call_a_finding_only_beyond_the_seed_spread():
     assert not pairs[("self_training", "source_only")]["finding"]
     assert not pairs[("protocl T=0.1", "protocl T=100")]["finding"]
     assert "| protocl T=0.1 | source_only | +10.3 ± 0.6 | 3 | yes |" in ablation.markdown(rows, list(pairs.values()))
+    # A variant whose counterpart is also a generic base (self_training) is compared with it once.
+    gn = ablation.comparisons(rows + [row("self_training_gn", None, [52.0, 57.0, 62.0])])
+    assert [(p["a"], p["b"]) for p in gn].count(("self_training_gn", "self_training")) == 1
 
 
 def test_parallel_runs_give_the_results_of_one_at_a_time(tmp_path):
