@@ -464,3 +464,16 @@ def test_set_dropout_survives_train_and_keeps_batchnorm_training():
         assert model.decode_head.dropout.training and model.encoder.block4[1].drop_path.training
         model.eval()
         assert not model.decode_head.dropout.training
+
+
+@pytest.mark.parametrize("size,out", [((8, 16), (32, 64)), ((13, 7), (51, 102)), ((32, 64), (16, 30)), ((5, 5), (5, 9))])
+def test_bilinear_weights_reproduce_interpolate(size, out):
+    """The matrix form of bilinear resizing (align_corners=False) that deterministic CUDA training
+    uses (sepico.models.heads.resize_to) is F.interpolate's map, up and down."""
+    from sepico.models.heads import bilinear_weights
+
+    x = torch.randn(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = F.interpolate(x, out, mode="bilinear", align_corners=False)
+    rows, cols = bilinear_weights(size[0], out[0], x), bilinear_weights(size[1], out[1], x)
+    torch.testing.assert_close(rows @ x @ cols.t(), expected, rtol=0, atol=1e-12)
+    assert torch.allclose(rows.sum(1), torch.ones(out[0], dtype=torch.float64))

@@ -17,10 +17,33 @@ from .layers import ConvBNReLU, SeparableConvBNReLU
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False, as mmseg's ``resize``); a no-op at the right size."""
+    """Bilinear resize (align_corners=False, as mmseg's ``resize``); a no-op at the right size.
+
+    Under ``torch.use_deterministic_algorithms`` a CUDA tensor that needs a gradient is resized as
+    two matrix products with the interpolation weights instead: the same map (to rounding), whose
+    backward is matrix products too, where ``F.interpolate``'s CUDA backward accumulates with
+    atomics and has no deterministic kernel."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled():
+        rows = bilinear_weights(x.shape[-2], int(size[0]), x)
+        cols = bilinear_weights(x.shape[-1], int(size[1]), x)
+        return torch.matmul(torch.matmul(rows, x), cols.t())
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def bilinear_weights(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """[n_out, n_in] weights of PyTorch's 1-D linear interpolation with align_corners=False: output
+    i samples (i + 0.5) * n_in / n_out - 0.5, clamped at 0, between its two neighbours."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
+    low = src.floor().long().clamp(max=n_in - 1)
+    high = (low + 1).clamp(max=n_in - 1)
+    frac = src - low
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    weights.index_put_((rows, low), 1.0 - frac, accumulate=True)
+    weights.index_put_((rows, high), frac, accumulate=True)
+    return weights.to(device=like.device, dtype=like.dtype)
 
 
 class MLPEmbedding(nn.Module):

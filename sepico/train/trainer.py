@@ -36,6 +36,7 @@ from sepico.data.transforms import normalize
 from sepico.estimator import ClassDistributionEstimator
 from sepico.evaluation import evaluate
 from sepico.models import build_model, load_pretrained_encoder
+from sepico.models.heads import resize_to
 from sepico.train import augment
 from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoints, newest_readable_checkpoint,
                                      prune_checkpoints, read_checkpoint, remove_stale_temporaries)
@@ -414,7 +415,7 @@ class Trainer:
 
     @staticmethod
     def _upsample(logits, label):
-        return F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+        return resize_to(logits.float(), label.shape[-2:])
 
     # ------------------------------------------------------------------ checkpoints
 
