@@ -49,27 +49,24 @@ def _resume_config(args):
         raise ConfigError(f"--resume: {stored_file} is not valid JSON ({err})") from None
     cfg = from_dict(stored)
     if args.config is not None:
-        given = load_config(args.config, args.set).to_dict()
-        differing = changed_fields(stored, given)
+        given = load_config(args.config, args.set)
+        differing = changed_fields(stored, given.to_dict())
         if differing:
             raise ConfigError(f"--resume: {args.config} differs from the configuration stored in "
                               f"{args.resume} in {', '.join(differing)} (a resumed run may change only "
                               f"{', '.join(RESUMABLE_FIELDS)})")
-        overrides = [f"{key}={_toml(given[key.split('.')[0]][key.split('.')[1]])}" for key in RESUMABLE_FIELDS]
+        for key in RESUMABLE_FIELDS:  # take the given values of what may change
+            section, field = key.split(".")
+            setattr(getattr(cfg, section), field, getattr(getattr(given, section), field))
     else:
         for item in args.set:
             key = item.split("=", 1)[0].strip()
             if key not in RESUMABLE_FIELDS:
                 raise ConfigError(f"--resume: --set {key} would change what the run already computed; a "
                                   f"resumed run may change only {', '.join(RESUMABLE_FIELDS)}")
-        overrides = list(args.set)
-    apply_overrides(cfg, overrides)
+        apply_overrides(cfg, args.set)
     validate(cfg)
     return cfg
-
-
-def _toml(value) -> str:
-    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _eval(args) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from sepico.data.cityscapes import IGNORE_INDEX
 
 
 # --------------------------------------------------------------------------- pseudo labels
@@ -93,9 +93,11 @@ def class_mix_masks(labels: torch.Tensor, gen: torch.Generator, *, per: str = "b
     masks = []
     batch_classes = torch.unique(labels)
     for label in labels:
-        classes = batch_classes if per == "batch" else torch.unique(label)
-        if per != "batch":
-            classes = classes[classes != IGNORE]
+        if per == "batch":
+            classes = batch_classes
+        else:
+            classes = torch.unique(label)
+            classes = classes[classes != IGNORE_INDEX]
         pick = torch.randperm(len(classes), generator=gen)[: (len(classes) + 1) // 2]
         masks.append(torch.isin(label, classes[pick.to(classes.device)]))
     return torch.stack(masks)

@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sepico import losses
+from sepico.data.cityscapes import IGNORE_INDEX
 from sepico.data.real import DatasetError
 from sepico.data.transforms import normalize
 from sepico.estimator import ClassDistributionEstimator
@@ -43,7 +44,6 @@ from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoi
 from sepico.train.config import Config, ConfigError
 from sepico.train.data import BatchStream, build_datasets
 
-IGNORE = 255
 CONTRASTIVE = ("dist", "proto", "bank")
 # What a resumed run may change: nothing that the iterations already computed depend on.
 RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
@@ -257,8 +257,8 @@ class Trainer:
         (``ce_reduction = "all"``), or over the labelled pixels only (``"valid"``)."""
         up = self._upsample(logits, label)
         if self.cfg.method.ce_reduction == "valid":
-            return F.cross_entropy(up, label, ignore_index=IGNORE)
-        return F.cross_entropy(up, label, ignore_index=IGNORE, reduction="none").mean()
+            return F.cross_entropy(up, label, ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(up, label, ignore_index=IGNORE_INDEX, reduction="none").mean()
 
     # ------------------------------------------------------------------ teacher passes
 
@@ -349,7 +349,7 @@ class Trainer:
                 emb = self.model.project(feats)
                 if m.target_pass == "full":  # the earlier loop: the decode head ran here too
                     self.model.decode(feats)
-            cl = self._contrastive(emb, torch.where(pw > 0, pl, IGNORE))
+            cl = self._contrastive(emb, torch.where(pw > 0, pl, IGNORE_INDEX))
             log["loss_cl_tgt"] = cl.item()
             cl.backward()
             del feats, emb
@@ -366,7 +366,7 @@ class Trainer:
             with self._autocast():
                 logits = self.model.predict_logits(normalize(mixed))
                 ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl,
-                                     ignore_index=IGNORE, reduction="none")
+                                     ignore_index=IGNORE_INDEX, reduction="none")
             mix_loss = (ce * mixed_w).mean()
             log["loss_mix"] = mix_loss.item()
             mix_loss.backward()
