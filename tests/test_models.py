@@ -6,9 +6,10 @@ Checkpoint facts below are written down from the published sources, not from our
   ``mmseg/models/backbones/mix_transformer.py`` (module names, configs, qkv_bias=True, the
   ``head`` classifier) and open-mmlab/mmsegmentation ``tools/model_converters/mit2mmseg.py``
   (the key prefixes a real ``mit_b*.pth`` holds: ``head``, ``patch_embed*``, ``block*``, ``norm*``);
-- torchvision ResNet checkpoints: pytorch/vision ``torchvision/models/resnet.py``; parameter counts
-  with the classifier are torchvision's published ``num_params`` (11,689,512 / 25,557,032 /
-  44,549,160).
+- mmseg ResNet-V1c (``open-mmlab://resnet101_v1c``, the DeepLab-V2 encoder): BIT-DA/SePiCo
+  ``mmseg/models/backbones/resnet.py`` (lines cited at the tests); parameter counts derived from
+  torchvision's published ``num_params`` (11,689,512 / 25,557,032 / 44,549,160), whose blocks are
+  the same.
 Large variants (MiT-B5, ResNet-101) are built on the meta device: names and shapes only.
 """
 import copy
@@ -124,15 +125,21 @@ def test_mit_depths_and_parameter_counts():
         assert encoder.out_channels == widths
 
 
-# ------------------------------------------------------------------- ResNet checkpoint facts
+# ------------------------------------------------------------------- ResNet-V1c checkpoint facts
+# mmseg ResNetV1c (BIT-DA/SePiCo mmseg/models/backbones/resnet.py): deep_stem=True, avg_down=False
+# (l. 687-699); the stem is one nn.Sequential named ``stem`` of conv(3->32, stride 2), BN, ReLU,
+# conv(32->32), BN, ReLU, conv(32->64), BN, ReLU (l. 589-622), then a 3x3 / 2 max pool; block norms
+# are ``bn1..bn3`` (build_norm_layer postfix 1..3, l. 165-168); stages ``layer1..4`` (l. 518-520).
+# The DeepLab-V2 base (configs/_base_/models/deeplabv2_proj_r50-d8.py l. 12-22, depth 101 from
+# experiments.py l. 46-48) sets strides (1, 2, 1, 1), dilations (1, 1, 2, 4), contract_dilation.
 
-def torchvision_resnet_keys(depth):
-    """Every key of a torchvision ``resnet{depth}`` ImageNet state dict (classifier included)."""
+def resnet_v1c_keys(depth):
+    """Every key of an mmseg ``ResNetV1c`` state dict of ``depth`` (no classifier)."""
     def bn(prefix):
         return {f"{prefix}.{s}" for s in ("weight", "bias", "running_mean", "running_var",
                                          "num_batches_tracked")}
     blocks, convs = {18: ((2, 2, 2, 2), 2), 50: ((3, 4, 6, 3), 3), 101: ((3, 4, 23, 3), 3)}[depth]
-    keys = {"conv1.weight", "fc.weight", "fc.bias"} | bn("bn1")
+    keys = {"stem.0.weight", "stem.3.weight", "stem.6.weight"} | bn("stem.1") | bn("stem.4") | bn("stem.7")
     for i, n in enumerate(blocks, start=1):
         for j in range(n):
             for c in range(1, convs + 1):
@@ -142,38 +149,42 @@ def torchvision_resnet_keys(depth):
     return keys
 
 
+STEM_SHAPES = {"stem.0.weight": (32, 3, 3, 3), "stem.1.weight": (32,), "stem.3.weight": (32, 32, 3, 3),
+               "stem.4.running_var": (32,), "stem.6.weight": (64, 32, 3, 3), "stem.7.bias": (64,)}
 RESNET18_SHAPES = {
-    "conv1.weight": (64, 3, 7, 7), "bn1.weight": (64,), "bn1.num_batches_tracked": (),
-    "layer1.0.conv1.weight": (64, 64, 3, 3), "layer2.0.conv1.weight": (128, 64, 3, 3),
+    **STEM_SHAPES, "layer1.0.conv1.weight": (64, 64, 3, 3), "layer2.0.conv1.weight": (128, 64, 3, 3),
     "layer2.0.downsample.0.weight": (128, 64, 1, 1), "layer3.1.conv2.weight": (256, 256, 3, 3),
     "layer4.0.downsample.1.running_var": (512,), "layer4.1.bn2.weight": (512,),
-    "fc.weight": (1000, 512), "fc.bias": (1000,),
 }
 RESNET101_SHAPES = {
-    "conv1.weight": (64, 3, 7, 7), "layer1.0.conv1.weight": (64, 64, 1, 1),
+    **STEM_SHAPES, "layer1.0.conv1.weight": (64, 64, 1, 1),
     "layer1.0.conv3.weight": (256, 64, 1, 1), "layer1.0.downsample.0.weight": (256, 64, 1, 1),
     "layer2.0.conv2.weight": (128, 128, 3, 3), "layer3.22.conv3.weight": (1024, 256, 1, 1),
     "layer4.0.conv1.weight": (512, 1024, 1, 1), "layer4.0.downsample.0.weight": (2048, 1024, 1, 1),
-    "layer4.2.bn3.running_mean": (2048,), "fc.weight": (1000, 2048),
+    "layer4.2.bn3.running_mean": (2048,),
 }
 
 
-@pytest.mark.parametrize("depth, count, params_with_fc, facts", [
-    (18, 122, 11_689_512, RESNET18_SHAPES),
-    (50, 320, 25_557_032, {"layer3.5.conv3.weight": (1024, 256, 1, 1), "fc.weight": (1000, 2048)}),
-    (101, 626, 44_549_160, RESNET101_SHAPES),
+# Parameter counts: torchvision's ResNets without their fc layer (11,689,512 - 513,000;
+# 25,557,032 - 2,049,000; 44,549,160 - 2,049,000), less the 7x7 stem (9,408 + 128), plus the deep
+# stem (864 + 64 + 9,216 + 64 + 18,432 + 128 = 28,768).
+@pytest.mark.parametrize("depth, count, params, facts", [
+    (18, 132, 11_195_744, RESNET18_SHAPES),
+    (50, 330, 23_527_264, {**STEM_SHAPES, "layer3.5.conv3.weight": (1024, 256, 1, 1)}),
+    (101, 636, 42_519_392, RESNET101_SHAPES),
 ])
-def test_resnet_state_dict_matches_torchvision_checkpoint(depth, count, params_with_fc, facts):
-    expected = torchvision_resnet_keys(depth)
+def test_resnet_state_dict_is_mmseg_resnet_v1c(depth, count, params, facts):
+    expected = resnet_v1c_keys(depth)
     assert len(expected) == count
     encoder = on_meta(ResNet, depth)
     ours = shapes(encoder)
-    assert set(ours) == expected - {"fc.weight", "fc.bias"}
+    assert set(ours) == expected
     for key, shape in facts.items():
-        if not key.startswith("fc."):
-            assert ours[key] == shape, key
-    fc = facts["fc.weight"][0] * facts["fc.weight"][1] + facts["fc.weight"][0]
-    assert sum(p.numel() for p in encoder.parameters()) + fc == params_with_fc
+        assert ours[key] == shape, key
+    assert sum(p.numel() for p in encoder.parameters()) == params
+    stem = encoder.stem
+    assert [(m.stride[0], m.padding[0]) for m in stem if isinstance(m, torch.nn.Conv2d)] == [(2, 1), (1, 1), (1, 1)]
+    assert encoder.maxpool.kernel_size == 3 and encoder.maxpool.stride == 2
 
 
 @pytest.mark.parametrize("depth", [18, 101])
@@ -312,9 +323,9 @@ def test_load_resnet_checkpoint_without_num_batches_tracked(tmp_path):
     encoder = ResNet(18)
     fc = {"fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)}
     state = {k: v for k, v in _random_like(encoder, fc).items()
-             if not k.endswith("num_batches_tracked")}  # as in torchvision's pre-0.4 files
+             if not k.endswith("num_batches_tracked")}  # as in files saved before PyTorch 0.4
     report = load_pretrained_encoder(encoder, _save(tmp_path, state))
-    assert report.loaded == 100 and sorted(report.dropped) == ["fc.bias", "fc.weight"]
+    assert report.loaded == 110 and sorted(report.dropped) == ["fc.bias", "fc.weight"]
     torch.testing.assert_close(encoder.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
 
 
@@ -436,7 +447,7 @@ def test_parameter_groups_follow_mmcv_custom_keys():
         assert setting[id(names[name])] == (1e-3, 0.0), name
     assert setting[id(names["encoder.block1.0.attn.q.weight"])] == (1e-3, 0.05)
     deeplab = build_model("deeplabv2_r18", num_classes=3, proj_dim=4)
-    bn = dict(deeplab.named_parameters())["encoder.bn1.weight"]
+    bn = dict(deeplab.named_parameters())["encoder.stem.1.weight"]
     decay = {id(p): g["weight_decay"] for g in deeplab.parameter_groups(1e-3, 0.05) for p in g["params"]}
     assert decay[id(bn)] == 0.05  # ResNet BatchNorms are named bn*: they decay, as in mmseg
 

@@ -100,23 +100,35 @@ class DAFormerHead(nn.Module):
 
 
 class ASPPClassifier(nn.Module):
-    """DeepLab-V2 classifier: the sum of parallel dilated 3x3 convs (with bias) to the classes."""
+    """DeepLab-V2 classifier (the official ``DLV2Head``): the sum of parallel dilated 3x3 convs
+    (with bias, no norm, no activation) to the classes. Each conv sits in a module of its own as
+    ``conv`` (mmcv's ``ConvModule`` without norm and activation), so the parameter names are the
+    official ones: ``aspp_modules.0.conv.weight``, ``aspp_modules.0.conv.bias``, ..."""
 
     def __init__(self, in_channels: int, num_classes: int,
                  dilations: Sequence[int] = (6, 12, 18, 24)):
         super().__init__()
-        self.aspp_modules = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 1 if d == 1 else 3, padding=0 if d == 1 else d,
-                      dilation=d) for d in dilations)
-        for conv in self.aspp_modules:
-            nn.init.normal_(conv.weight, 0.0, 0.01)
-            nn.init.zeros_(conv.bias)
+        self.aspp_modules = nn.ModuleList(_Conv(nn.Conv2d(in_channels, num_classes, 1 if d == 1 else 3,
+                                                          padding=0 if d == 1 else d, dilation=d))
+                                          for d in dilations)
+        for branch in self.aspp_modules:
+            nn.init.normal_(branch.conv.weight, 0.0, 0.01)  # init_cfg Normal(std=0.01) on aspp_modules
+            nn.init.zeros_(branch.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.aspp_modules[0](x)
-        for conv in self.aspp_modules[1:]:
-            out = out + conv(x)
+        for branch in self.aspp_modules[1:]:
+            out = out + branch(x)
         return out
+
+
+class _Conv(nn.Module):
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 class ProjectionHead(nn.Module):

@@ -1,15 +1,20 @@
-"""ResNet-18 / 50 / 101 with the DeepLab-V2 dilation (output stride 8) by default.
+"""ResNet-V1c 18 / 50 / 101, the DeepLab-V2 encoder of the published SePiCo runs, with the
+DeepLab-V2 dilation (output stride 8) by default.
 
-Module and parameter names are torchvision's (``conv1.weight``, ``bn1.running_mean``,
-``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight``, ...), so torchvision's ImageNet
-checkpoints load into it; their classifier ``fc.weight`` / ``fc.bias`` is not part of the encoder
-(``CLASSIFIER_PREFIXES``). Stride 2 sits in the 3x3 conv of a bottleneck (torchvision's "v1.5").
+This is mmseg's ``ResNetV1c``: a deep stem of three 3x3 conv-BN-ReLU layers (32, 32, 64 channels,
+the first at stride 2) and a 3x3 / stride 2 max pool in place of the 7x7 conv; stride 2 sits in the
+3x3 conv of a bottleneck ("pytorch" style); downsampling shortcuts are strided 1x1 conv + BN.
+Module and parameter names are mmseg's (``stem.0.weight``, ``stem.1.running_mean``, ...,
+``stem.7.weight``, ``layer1.0.conv1.weight``, ``layer1.0.bn1.weight``,
+``layer2.0.downsample.0.weight``), so mmseg's ``resnet101_v1c`` ImageNet file and the backbone of a
+released DeepLab-V2 SePiCo checkpoint (``backbone.*``) load into it; an ImageNet classifier
+``fc.*``, where a file has one, is not part of the encoder (``CLASSIFIER_PREFIXES``).
 
 Dilation replaces the stride of the last stages: with output stride 8, layer3 runs at stride 1 with
-dilation 2 and layer4 at stride 1 with dilation 4, and the first block of a dilated stage keeps the
-previous stage's dilation (1 and 2: torchvision's ``replace_stride_with_dilation``, mmseg's
-``contract_dilation``). In a basic block only the first 3x3 conv is dilated (mmseg's rule;
-torchvision refuses dilated basic blocks). The outputs are the four stage maps: strides 4, 8, 8, 8
+dilation 2 and layer4 at stride 1 with dilation 4 (the published ``strides=(1, 2, 1, 1)``,
+``dilations=(1, 1, 2, 4)``), and the first block of a dilated stage runs at half its dilation (1 and
+2: mmseg's ``contract_dilation=True``). In a basic block only the first 3x3 conv is dilated (mmseg's
+rule). The outputs are the four stage maps: strides 4, 8, 8, 8
 at output stride 8 (4, 8, 16, 32 at output stride 32), each ceil(H / stride) x ceil(W / stride).
 """
 from __future__ import annotations
@@ -79,7 +84,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet encoder: ``forward(x [B, 3, H, W])`` -> [layer1, layer2, layer3, layer4] outputs.
+    """ResNet-V1c encoder: ``forward(x [B, 3, H, W])`` -> [layer1, layer2, layer3, layer4] outputs.
 
     With ``activation_checkpointing`` each residual block is recomputed in the backward; the
     recomputation does not update BatchNorm running statistics a second time.
@@ -99,9 +104,10 @@ class ResNet(nn.Module):
         block = BasicBlock if kind == "basic" else Bottleneck
         self.in_chans = in_chans
         self.activation_checkpointing = activation_checkpointing
-        self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
+        self.stem = nn.Sequential(
+            _conv3x3(in_chans, 32, stride=2), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+            _conv3x3(32, 32), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+            _conv3x3(32, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
 
         self._inplanes, self._dilation = 64, 1
@@ -136,7 +142,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.stem(x))
         outs = []
         for i in range(1, 5):
             for block in getattr(self, f"layer{i}"):
