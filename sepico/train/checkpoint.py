@@ -39,7 +39,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     except pickle.UnpicklingError as err:
         found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
         detail = found.group(1).strip()[:160] if found else _first_line(err)
-        foreign = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+        # "Unsupported global: GLOBAL x.y", or for a blocked module (os, posix, subprocess, ...)
+        # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+        foreign = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(err))
         if foreign is None:  # not a pickle of tensors and containers at all
             raise CheckpointError(f"{path}: not a readable checkpoint ({detail})") from None
         raise CheckpointError(f"{path}: refused: it holds more than tensors and plain containers (it "
