@@ -1,4 +1,4 @@
-"""The ``sepico`` command: ``train``, ``eval`` and ``info``.
+"""The ``sepico`` command: ``train``, ``eval``, ``predict``, ``convert``, ``plot``, ``ablate`` and ``info``.
 
 Configuration mistakes end in one line naming the field (exit status 2), not a traceback.
 """
@@ -70,44 +70,41 @@ def _resume_config(args):
 
 
 def _eval(args) -> int:
-    """Evaluate a checkpoint's student (or EMA teacher) on its run's target val split, or on the
-    dataset named by --data/--root; prints the per-class table and the result JSON."""
+    """Evaluate a checkpoint's student (or EMA teacher), or a converted file, on its run's target
+    val split, or on the dataset named by --data/--root; prints the per-class table and the result JSON."""
+    from sepico.convert import load_model
+    from sepico.data.transforms import AUG_SCALES
     from sepico.evaluation import evaluate, format_table
-    from sepico.train.config import apply_overrides, from_dict, validate
-    from sepico.train.checkpoint import read_checkpoint
+    from sepico.train.config import apply_overrides, validate
     from sepico.train.data import build_test_dataset
-    from sepico.train.trainer import build_run_model, resolve_device
+    from sepico.train.trainer import resolve_device
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise ConfigError(f"--out: no folder {Path(args.out).resolve().parent} to write {Path(args.out).name} into")
     path = Path(args.checkpoint)
-    state = read_checkpoint(path)
-    if "config" not in state or "model" not in state:
-        raise ConfigError(f"{path} is not a sepico training checkpoint (no config / model)")
-    cfg = from_dict(state["config"])
+    model, cfg, weights, iteration = load_model(path, teacher=args.teacher)
     overrides = [f"data.{key}={value}" for key, value in (
         ("target", args.data), ("target_root", args.root), ("eval_mode", args.mode),
         ("eval_window", args.window), ("eval_stride", args.stride), ("test_size", args.size),
         ("eval_protocol", args.protocol)) if value is not None]
     apply_overrides(cfg, overrides + list(args.set))
-    cfg.model.pretrained = ""  # the weights come from the checkpoint
+    if cfg.data.target != "synthetic" and not cfg.data.target_root:
+        raise ConfigError(f"{path} names no {cfg.data.target} folder: give it with --root")
     validate(cfg)
     device = resolve_device(args.device)
-    test, classes = build_test_dataset(cfg)
+    test, classes = build_test_dataset(cfg, AUG_SCALES if args.aug_test else None)
     m = cfg.model
-    model = build_run_model(m)
-    model.load_state_dict(state["teacher" if args.teacher else "model"])
     model.to(device)
     d = cfg.data
     result = evaluate(model, test, num_classes=m.num_classes, classes=classes, device=device,
                       batch_size=args.batch_size, mode=d.eval_mode, window=tuple(d.eval_window),
-                      stride=tuple(d.eval_stride), autocast=args.amp, progress=not args.no_progress)
+                      stride=tuple(d.eval_stride), autocast=args.amp, flip=args.aug_test,
+                      progress=not args.no_progress)
     result.pop("confusion")
-    report = {"checkpoint": str(path), "iteration": state.get("iteration"),
-              "weights": "teacher" if args.teacher else "student", "dataset": d.target,
-              "images": len(test), "mode": d.eval_mode, **result}
+    report = {"checkpoint": str(path), "iteration": iteration, "weights": weights, "dataset": d.target,
+              "images": len(test), "mode": d.eval_mode, "aug_test": bool(args.aug_test), **result}
     if d.eval_mode == "slide":
         report |= {"window": list(d.eval_window), "stride": list(d.eval_stride)}
 
@@ -121,6 +118,64 @@ def _eval(args) -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
+    return 0
+
+
+def _pair(text, flag: str):
+    """'H,W' -> (H, W), two positive integers; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) < 1:
+        raise ConfigError(f"{flag} takes H,W (two positive integers), got {text!r}")
+    return values
+
+
+def _predict(args) -> int:
+    """Segmentation maps of image files and folders (sepico.predict); exit 1 if any image was skipped."""
+    from sepico.convert import load_model
+    from sepico.data.transforms import AUG_SCALES
+    from sepico.predict import list_images, predict_files
+    from sepico.train.trainer import resolve_device
+
+    size, window, stride = _pair(args.size, "--size"), _pair(args.window, "--window"), _pair(args.stride, "--stride")
+    if args.keep_ratio and size is None:
+        raise ConfigError("--keep-ratio applies to --size H,W (the scale to rescale the images into)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a folder")
+    images = list_images(args.inputs)
+    device = resolve_device(args.device)
+    model, cfg, weights, _ = load_model(args.checkpoint, teacher=args.teacher)
+    model.to(device)
+    written, skipped = predict_files(
+        model, images, out, num_classes=cfg.model.num_classes, trainids=args.trainids, overlay=args.overlay,
+        progress=not args.no_progress, size=size, keep_ratio=args.keep_ratio, mode=args.mode,
+        window=window or tuple(cfg.data.eval_window), stride=stride or tuple(cfg.data.eval_stride),
+        scales=AUG_SCALES if args.aug_test else None, flip=args.aug_test, device=device, autocast=args.amp)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "weights": weights, "images": len(images),
+                      "predicted": len(images) - len(skipped), "files": len(written),
+                      "skipped": [str(p) for p in skipped], "out": str(out)}))
+    return 1 if skipped else 0
+
+
+def _convert(args) -> int:
+    from sepico.convert import convert
+
+    summary = convert(args.src, args.dst, model=args.model, teacher=args.teacher, config=args.config)
+    for note in summary.pop("notes"):
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(summary))
+    return 0
+
+
+def _plot(args) -> int:
+    from sepico.plot import plot_run
+
+    print(plot_run(args.run_dir))
     return 0
 
 
@@ -167,7 +222,7 @@ def _check_kernel_backend() -> None:
                           "interpreter) to run the kernels on the CPU; use auto or torch here")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sepico", description="SePiCo domain-adaptive segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train from a TOML config")
@@ -200,16 +255,52 @@ def main(argv=None) -> int:
                    help="override another field of the run's config, e.g. data.strict_labels=false")
     e.add_argument("--amp", action="store_true", help="bfloat16 autocast on a GPU (default: float32)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--aug-test", action="store_true", help="test-time augmentation: scales 0.5 to 1.75 (step "
+                   "0.25) of the test size and horizontal flips, softmax-averaged (the official --aug-test)")
     e.add_argument("--out", help="also write the result JSON here")
+    p = sub.add_parser("predict", help="segmentation maps of images (png / jpg files and folders)")
+    p.add_argument("checkpoint", help="a training checkpoint or a `sepico convert` file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (walked in sorted order)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for <stem>_color.png (and the others)")
+    p.add_argument("--trainids", action="store_true", help="also <stem>_labelTrainIds.png (uint8 train ids, "
+                   "the benchmark servers' format)")
+    p.add_argument("--overlay", action="store_true", help="also <stem>_overlay.png (image and colours blended)")
+    p.add_argument("--size", metavar="H,W", help="resize each image to H,W for inference (default: its own "
+                   "size); the maps are written at the image's size either way")
+    p.add_argument("--keep-ratio", action="store_true", help="--size is a scale the image is rescaled into "
+                   "keeping its aspect ratio (mmseg's keep_ratio)")
+    p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole-image or sliding-window")
+    p.add_argument("--window", metavar="H,W", help="sliding-window size (default: the file's data.eval_window)")
+    p.add_argument("--stride", metavar="H,W", help="sliding-window stride (default: the file's data.eval_stride)")
+    p.add_argument("--aug-test", action="store_true", help="test-time augmentation as in `sepico eval --aug-test`")
+    p.add_argument("--teacher", action="store_true", help="the EMA teacher of a training checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on a GPU (default: float32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = sub.add_parser("convert", help="convert an official SePiCo / DAFormer checkpoint into a sepico file")
+    c.add_argument("src", help="official checkpoint (mmcv: meta / state_dict / optimizer; or a state dict)")
+    c.add_argument("dst", help="sepico weight file to write (read by eval, predict, model.init_checkpoint)")
+    c.add_argument("--model", help="architecture, one of sepico.models.MODEL_NAMES (default: daformer_mit_b5, "
+                   "or the --config file's model.name); widths come from the tensor shapes")
+    c.add_argument("--teacher", action="store_true", help="convert the EMA teacher (ema_model.*), not the student")
+    c.add_argument("--config", help="TOML run configuration whose data and evaluation settings the file keeps "
+                   "(default: the published Cityscapes evaluation)")
+    g = sub.add_parser("plot", help="draw a run's curves (metrics.jsonl) to RUN_DIR/curves.png")
+    g.add_argument("run_dir")
     sub.add_parser("info", help="versions, device and the active kernel backend")
     a = sub.add_parser("ablate", help="ablation on the synthetic benchmark (sepico.ablation)")
     from sepico.ablation import add_arguments
 
     add_arguments(a)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         _check_kernel_backend()
-        return {"train": _train, "eval": _eval, "info": _info, "ablate": _ablate}[args.command](args)
+        return {"train": _train, "eval": _eval, "predict": _predict, "convert": _convert, "plot": _plot,
+                "info": _info, "ablate": _ablate}[args.command](args)
     except ConfigError as err:
         print(f"sepico: error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,11 @@ for a 2048 x 1024 Cityscapes label), once more to the label. Sliding windows (``
 cover the image with ``window``-sized crops every ``stride`` pixels (the last row and column of
 windows end at the border) and average the logits where windows overlap, as mmsegmentation's
 slide inference does.
+
+Test-time augmentation (``views`` of an image at several scales, ``flip``) averages the softmax
+probabilities at the label's size over every view and its horizontal mirror (mirrored back), as
+mmseg's ``aug_test`` over ``MultiScaleFlipAug`` views does; the argmax of that average is the
+prediction.
 """
 from __future__ import annotations
 
@@ -94,11 +99,30 @@ def predict_logits(model, images: torch.Tensor, label_size, *, num_classes: int,
     return logits
 
 
+def aug_probabilities(model, views, label_size, *, num_classes: int, flip: bool = True, mode: str = "whole",
+                      window=(1024, 1024), stride=(768, 768)) -> torch.Tensor:
+    """float32 class probabilities [B, C, *label_size]: the mean over ``views`` (the images [B, 3, h, w]
+    in [0, 1] at each test scale) and, with ``flip``, their mirror images, of the softmax of each
+    view's logits at the label size (a mirrored view's probabilities mirrored back)."""
+    total, count = None, 0
+    for view in views:
+        for mirrored in ((False, True) if flip else (False,)):
+            logits = predict_logits(model, view.flip(-1) if mirrored else view, label_size,
+                                    num_classes=num_classes, mode=mode, window=window, stride=stride)
+            probs = logits.softmax(1)
+            probs = probs.flip(-1) if mirrored else probs
+            total = probs if total is None else total + probs
+            count += 1
+    return total / count
+
+
 @torch.no_grad()
 def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", batch_size: int = 2,
              mode: str = "whole", window=(1024, 1024), stride=(768, 768), autocast: bool = False,
-             progress: bool = False) -> dict:
-    """mIoU of ``model`` on a labelled dataset of (image [3, H, W] in [0, 1], label [h, w]).
+             flip: bool = False, progress: bool = False) -> dict:
+    """mIoU of ``model`` on a labelled dataset of (image [3, H, W] in [0, 1], label [h, w]), or of
+    (list of views of the image at the test scales, label) for test-time augmentation (``flip``
+    adds the mirror of each view; see ``aug_probabilities``).
 
     Returns ``miou`` over ``classes`` (default: every class seen), per-class ``iou``, pixel
     accuracy, the ``confusion`` matrix and, for 19 classes, ``protocols`` (the 19/16/13-class
@@ -118,9 +142,14 @@ def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", ba
     try:
         for images, labels in loader:
             with cast:
-                logits = predict_logits(model, images.to(device), labels.shape[-2:],
-                                        num_classes=num_classes, mode=mode, window=window, stride=stride)
-            conf += confusion_matrix(logits.argmax(1).cpu(), labels, num_classes)
+                if isinstance(images, (list, tuple)) or flip:
+                    views = [v.to(device) for v in images] if isinstance(images, (list, tuple)) else [images.to(device)]
+                    scores = aug_probabilities(model, views, labels.shape[-2:], num_classes=num_classes, flip=flip,
+                                               mode=mode, window=window, stride=stride)
+                else:
+                    scores = predict_logits(model, images.to(device), labels.shape[-2:],
+                                            num_classes=num_classes, mode=mode, window=window, stride=stride)
+            conf += confusion_matrix(scores.argmax(1).cpu(), labels, num_classes)
     finally:
         model.train(was_training)
     result = {**iou_from_confusion(conf, classes), "confusion": conf.tolist()}
@@ -144,5 +173,5 @@ def format_table(result: dict, class_names=CLASS_NAMES) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MODES", "confusion_matrix", "evaluate", "format_table", "iou_from_confusion",
+__all__ = ["MODES", "aug_probabilities", "confusion_matrix", "evaluate", "format_table", "iou_from_confusion",
            "predict_logits", "protocol_mious", "slide_logits"]

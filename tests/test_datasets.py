@@ -404,17 +404,41 @@ def test_trains_and_evaluates_on_fixture_trees(tmp_path, trees, source, target, 
     assert trainer.iteration == 2
     assert 0.0 <= result["miou"] <= 100.0 and set(result["protocols"]) == {"19", "16", "13"}
     assert sorted(result["iou"]) == list(PROTOCOLS[str(protocol)])
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert "loss_cl_src" in json.loads(lines[-1]) and "loss_mix" in json.loads(lines[-1])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "loss_cl_src" in records[-2] and "loss_mix" in records[-2]
+    assert records[-1] == {"iteration": 2, "miou": result["miou"]}  # the final evaluation
 
 
 @pytest.mark.parametrize("name", ["gta5_to_cityscapes_daformer_dist", "synthia_to_cityscapes_daformer_dist",
-                                  "cityscapes_to_darkzurich_daformer_dist", "gta5_to_cityscapes_fullres"])
+                                  "cityscapes_to_darkzurich_daformer_dist", "gta5_to_cityscapes_fullres",
+                                  "gta5_to_cityscapes_deeplabv2_dist"])
 def test_real_dataset_configs_load(name):
     from sepico.train.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml")
-    assert cfg.model.name == "daformer_mit_b5" and cfg.data.rcs_temperature == 0.01
+    model = "deeplabv2_r101" if "deeplabv2" in name else "daformer_mit_b5"
+    assert cfg.model.name == model and cfg.data.rcs_temperature == 0.01
     assert tuple(cfg.data.crop_size) in ((640, 640), (1024, 2048))
     if name.endswith("fullres"):
         assert cfg.model.activation_checkpointing and cfg.train.amp and cfg.train.batch_size == 1
+
+
+def test_deeplabv2_config_is_the_published_setting():
+    # BIT-DA/SePiCo experiments.py: defaults l. 217-253 (40k iterations, AdamW 6e-5 with head lr x 10,
+    # poly10warm, batch 2, 640 x 640 crops, rcs 0.01, rows 15 / 120 without pseudo weight, distributions
+    # from iteration 3000, temperature 100, projection channels 512, seed 76) and id 1 l. 264-287
+    # (dlv2_proj on r101v1c, pseudo_random_crop + regen_pseudo, stage 4 alone, DistCL with the
+    # regulariser at relative weight 1.0).
+    from sepico.train.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    dl = load_config(root / "gta5_to_cityscapes_deeplabv2_dist.toml")
+    assert (dl.model.name, dl.model.proj_dim, dl.train.seed, dl.train.max_iters) == ("deeplabv2_r101", 512, 76, 40000)
+    assert (dl.optim.lr, dl.optim.head_lr_mult, dl.train.batch_size, tuple(dl.data.crop_size)) == (6e-5, 10.0, 2, (640, 640))
+    m = dl.method
+    assert (m.variant, m.temperature, m.reg_weight, m.start_distribution_iter) == ("dist", 100.0, 1.0, 3000)
+    assert m.pseudo_crop and (m.ignore_top, m.ignore_bottom) == (15, 120) and not dl.train.amp
+    # Everything but the model is the DAFormer run's.
+    da = load_config(root / "gta5_to_cityscapes_daformer_dist.toml")
+    for section in ("data", "optim", "method", "train"):
+        assert getattr(dl, section) == getattr(da, section), section

@@ -13,3 +13,21 @@ def test_the_kernels_example_runs_here():
     exec(compile(code, "README.md (Using the kernels)", "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["loss"].ndim == 0 and namespace["feats"].grad is not None
     assert namespace["count"].sum() == (namespace["labels"] != 255).sum()
+
+
+def test_the_released_model_commands_parse():
+    """Every `sepico` command of the README's released-models section is one the CLI accepts."""
+    import shlex
+
+    from sepico.cli import build_parser
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Released models"):text.index("### Full resolution")]
+    block = "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S)).replace("\\\n", " ")
+    commands = [line.split("#")[0].replace("...", "").strip() for line in block.splitlines()]
+    commands = [c for c in commands if c.startswith("sepico ")]
+    assert {c.split()[1] for c in commands} == {"convert", "eval", "predict", "train"}
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # argparse exits (SystemExit) on a bad flag
+        assert args.command == command.split()[1]

@@ -1,4 +1,5 @@
 """The self-training loop end to end on tiny synthetic scenes, resume, signals and its pieces."""
+import json
 import os
 import signal
 import subprocess
@@ -48,8 +49,9 @@ def test_every_variant_trains_end_to_end(tmp_path, variant, model, extra):
     result = trainer.train()
     assert trainer.iteration == 3 and 0.0 <= result["miou"] <= 100.0
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3
-    last = eval(lines[-1].replace("null", "None"))  # noqa: S307 - our own JSON numbers
+    assert len(lines) == 4  # three training lines, then the final evaluation
+    assert json.loads(lines[-1]) == {"iteration": 3, "miou": result["miou"]}
+    last = eval(lines[-2].replace("null", "None"))  # noqa: S307 - our own JSON numbers
     for key in ("loss_ce", "lr"):
         assert key in last and last[key] == last[key]  # present and not NaN
     assert ("loss_cl_src" in last) == (variant in ("dist", "proto", "bank"))
@@ -123,8 +125,10 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert latest_checkpoint(run).name == f"ckpt_{stopped_at + 1:08d}.pt"
-    iterations = [eval(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: S307
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    iterations = [r["iteration"] for r in records if "miou" not in r]
     assert iterations == list(range(1, stopped_at + 2))  # no duplicate lines after the resume
+    assert [r["iteration"] for r in records if "miou" in r] == [stopped_at + 1]  # the final evaluation
 
 
 def test_ema_update_rule(tmp_path):

@@ -8,6 +8,8 @@
   (1280, 640) -> 1280 x 640).
 - ``resize_image`` / ``resize_label``: ``mmcv.imresize`` with its cv2 backend: bilinear on the
   uint8 image (no antialiasing), nearest on the label.
+- ``aug_sizes``: the image sizes of mmseg's ``MultiScaleFlipAug`` test-time augmentation, at the
+  official ratios ``AUG_SCALES`` (``tools/test.py --aug-test``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+AUG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # BIT-DA/SePiCo tools/test.py l. 113-118 (with flip)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -39,6 +42,16 @@ def output_size(height: int, width: int, size, keep_ratio: bool) -> tuple[int, i
     return rescaled_size(height, width, size) if keep_ratio else (int(size[0]), int(size[1]))
 
 
+def aug_sizes(height: int, width: int, size, keep_ratio: bool, scales) -> list[tuple[int, int]]:
+    """(H, W) of an image at each test-time scale, as ``MultiScaleFlipAug`` with ``Resize``: each
+    ratio r scales the test size ``size`` (H, W) to (int(H r), int(W r)), into which the image is
+    resized (with ``keep_ratio``: rescaled); without a test size (``None``) r scales the image's own
+    size and the image is rescaled into that (mmseg's "mode 1")."""
+    if size is None:
+        return [rescaled_size(height, width, (int(width * r), int(height * r))) for r in scales]
+    return [output_size(height, width, (int(size[0] * r), int(size[1] * r)), keep_ratio) for r in scales]
+
+
 def resize_image(pixels: np.ndarray, size) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [h, w, 3] with ``size`` = (h, w); cv2 bilinear, as mmcv."""
     if pixels.shape[:2] == tuple(size):
@@ -53,5 +66,5 @@ def resize_label(label: np.ndarray, size) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(label), (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize", "output_size", "rescaled_size", "resize_image",
+__all__ = ["AUG_SCALES", "IMAGENET_MEAN", "IMAGENET_STD", "aug_sizes", "normalize", "output_size", "rescaled_size", "resize_image",
            "resize_label"]

@@ -62,6 +62,7 @@ class ModelConfig:
     proj_dim: int = 256              # projection head output (published runs: 512)
     head_channels: int = 256         # DAFormer decode-head width (smaller for quick runs)
     pretrained: str = ""             # local file with ImageNet encoder weights ("" = random init)
+    init_checkpoint: str = ""        # sepico weight file (converted or trained) the whole model starts from
     activation_checkpointing: bool = False
     encoder_norm: str = "batch"      # convnet_small only: batch | group (GroupNorm, 8 groups)
 
@@ -331,6 +332,11 @@ def validate(cfg: Config) -> None:
     choice("model.name", cfg.model.name, MODEL_NAMES)
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"config field 'model.pretrained': no file at {cfg.model.pretrained}")
+    if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
+        raise ConfigError(f"config field 'model.init_checkpoint': no file at {cfg.model.init_checkpoint}")
+    if cfg.model.pretrained and cfg.model.init_checkpoint:
+        raise ConfigError("config fields 'model.pretrained' and 'model.init_checkpoint' exclude each other (the "
+                          "init checkpoint holds the whole model, encoder included)")
 
 
 def _check_finite(cfg: Config) -> None:

@@ -8,7 +8,9 @@ reads exactly the batches an uninterrupted run would have read, whatever the num
 
 Real datasets (``sepico.data.real``) reach the trainer through ``TrainingView`` (resize, random
 crop, flip, for the two training streams) and ``TestView`` (resize of the image only: the label
-keeps its own size, and evaluation resizes the logits to it).
+keeps its own size, and evaluation resizes the logits to it). ``ScaledViews`` turns a test set
+into one of the views test-time augmentation scores (each image at every test scale, resized from
+the image as stored).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from sepico.data.label_maps import PROTOCOLS
 from sepico.data.rcs import RareClassSampler, load_class_stats
 from sepico.data.real import REAL_DATASETS, DatasetError, SegmentationFolder
 from sepico.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
-from sepico.data.transforms import output_size, resize_image, resize_label
+from sepico.data.transforms import aug_sizes, output_size, resize_image, resize_label
 from sepico.train.config import Config, ConfigError
 
 DATASETS = ("synthetic",) + REAL_DATASETS
@@ -88,17 +90,24 @@ def build_datasets(cfg: Config, run_dir=None) -> RunData:
     return RunData(source=source, target=target, target_test=target_test, eval_classes=eval_classes)
 
 
-def build_test_dataset(cfg: Config) -> tuple[Dataset, tuple]:
-    """(labelled target evaluation images, train ids the mIoU averages over)."""
+def build_test_dataset(cfg: Config, scales=None) -> tuple[Dataset, tuple]:
+    """(labelled target evaluation images, train ids the mIoU averages over). With ``scales``
+    (test-time augmentation) each item holds the image at every scale (``ScaledViews``)."""
     d = cfg.data
     if d.target == "synthetic":
         size = tuple(int(v) for v in d.size)
         test = SyntheticStreets("target", "test", size=size, length=d.test_length, seed=d.seed)
         classes = tuple(SYNTHETIC_CLASSES) if d.source == "synthetic" and not d.eval_protocol else None
+        if scales:
+            test = ScaledViews(test, scales)
     else:
         folder = _folder("data.target_root", d.target, d.target_root, "val", labelled=True,
                          strict=d.strict_labels)
-        test, classes = TestView(folder, _sizes(d.test_size), keep_ratio=d.keep_ratio), None
+        if scales:
+            test = ScaledViews(TestView(folder), scales, _sizes(d.test_size), keep_ratio=d.keep_ratio)
+        else:
+            test = TestView(folder, _sizes(d.test_size), keep_ratio=d.keep_ratio)
+        classes = None
     if classes is None:
         protocol = d.eval_protocol or (16 if d.source == "synthia" else 19)
         classes = PROTOCOLS[str(protocol)]
@@ -276,6 +285,35 @@ class TestView(Dataset):
             pixels = resize_image(pixels, output_size(*pixels.shape[:2], self.resize, self.keep_ratio))
         image_t = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)
         return image_t, torch.from_numpy(label.astype(np.int64))
+
+
+class ScaledViews(Dataset):
+    """(list of the image at each test scale, label) of a test set giving images in [0, 1] at their
+    stored size (8-bit pixels: ``TestView`` without resize, the synthetic scenes). The sizes are
+    ``aug_sizes(..., size, keep_ratio, scales)``; every view is resized from the stored image (cv2
+    bilinear), as ``MultiScaleFlipAug`` resizes each view from the loaded file."""
+
+    def __init__(self, dataset: Dataset, scales, size=None, *, keep_ratio: bool = False):
+        self.dataset, self.scales, self.size, self.keep_ratio = dataset, tuple(scales), size, keep_ratio
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __repr__(self) -> str:
+        return f"ScaledViews({self.dataset!r}, scales={self.scales}, size={self.size}, keep_ratio={self.keep_ratio})"
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        pixels = (image.permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        return scaled_views(pixels, self.scales, self.size, self.keep_ratio), label
+
+
+def scaled_views(pixels: np.ndarray, scales, size=None, keep_ratio: bool = False) -> list[torch.Tensor]:
+    """uint8 [H, W, 3] -> the float [3, h, w] images in [0, 1] at each test scale (``aug_sizes``)."""
+    views = []
+    for out in aug_sizes(*pixels.shape[:2], size, keep_ratio, scales):
+        views.append(torch.from_numpy(np.array(resize_image(pixels, out))).permute(2, 0, 1).float().div_(255.0))
+    return views
 
 
 # --------------------------------------------------------------------------- streams

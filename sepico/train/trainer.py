@@ -48,7 +48,7 @@ CONTRASTIVE = ("dist", "proto", "bank")
 # What a resumed run may change: nothing that the iterations already computed depend on.
 RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
                     "train.keep_checkpoints", "train.device", "train.run_dir", "data.num_workers")
-RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "train.log")
+RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "train.log", "curves.png")
 
 
 def run_files(run_dir: Path) -> list[Path]:
@@ -159,6 +159,8 @@ class Trainer:
         self.model = build_run_model(cfg.model).to(self.device)
         if cfg.model.pretrained:
             load_pretrained_encoder(self.model, cfg.model.pretrained)
+        elif cfg.model.init_checkpoint:
+            self._load_init_checkpoint(cfg.model.init_checkpoint)
         elif self.rank == 0 and "synthetic" not in (cfg.data.source, cfg.data.target):
             print(f"warning: model.pretrained is empty: the {cfg.model.name} encoder starts from random "
                   "weights (the published runs start from ImageNet weights)", file=sys.stderr, flush=True)
@@ -200,6 +202,23 @@ class Trainer:
                                   start=self.iteration, num_workers=cfg.data.num_workers)
         self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7 + shard,
                                   start=self.iteration, num_workers=cfg.data.num_workers)
+
+    def _load_init_checkpoint(self, path) -> None:
+        """Start every weight of the model from a sepico weight file (``sepico convert`` output, or
+        another run's checkpoint: its student). The class statistics start empty either way."""
+        from sepico.convert import check_weights
+
+        state = read_checkpoint(path)
+        if "model" not in state:
+            raise ConfigError(f"config field 'model.init_checkpoint': {path} holds no model weights")
+        check_weights(self.model.state_dict(), state["model"],
+                      f"config field 'model.init_checkpoint': {path} does not match model {self.cfg.model.name} "
+                      f"(num_classes {self.cfg.model.num_classes}, proj_dim {self.cfg.model.proj_dim})")
+        self.model.load_state_dict(state["model"])
+        if self.rank == 0:
+            print(f"model.init_checkpoint: starting from the {state.get('weights', 'student')} weights in {path}; "
+                  "the class statistics (feature means / covariances) are not in it and are estimated afresh",
+                  file=sys.stderr, flush=True)
 
     def _claim_run_dir(self, overwrite: bool) -> None:
         """A fresh run never mixes with an earlier one in the same folder (its metrics, config
@@ -570,6 +589,7 @@ class Trainer:
                     if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0 and self.rank == 0:
                         ev = self.evaluate()
                         metrics.write(json.dumps({"iteration": self.iteration, "miou": ev["miou"]}) + "\n")
+                        self._plot_curves(metrics, logf)
                     if self.iteration % cfg.train.checkpoint_interval == 0:
                         self.save_checkpoint()
                     if self._stop_requested():
@@ -582,6 +602,10 @@ class Trainer:
                     result = self.evaluate()
                     (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
                     logf.write(f"done: mIoU {result['miou']:.2f}\n")
+                    every = cfg.train.eval_interval
+                    if not (every and self.iteration % every == 0):  # not evaluated at this iteration yet
+                        metrics.write(json.dumps({"iteration": self.iteration, "miou": result["miou"]}) + "\n")
+                    self._plot_curves(metrics, logf)
                 if self.world > 1:
                     dist.barrier()
         finally:
@@ -589,6 +613,20 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return result
+
+    def _plot_curves(self, metrics, logf) -> None:
+        """Redraw curves.png from metrics.jsonl (rank 0). A plot that fails is a warning line: the
+        curves are a view of the run, never a reason to stop it."""
+        metrics.flush()
+        try:
+            from sepico.plot import plot_run  # matplotlib is imported only once a run draws
+
+            plot_run(self.run_dir)
+        except Exception as err:  # noqa: BLE001 - any failure of the plot, the run goes on
+            message = f"warning: curves.png not drawn: {' '.join(str(err).split()) or type(err).__name__}"
+            print(message, file=sys.stderr, flush=True)
+            logf.write(message + "\n")
+            logf.flush()
 
     def evaluate(self, model=None) -> dict:
         return evaluate(model or self.model, self.data.target_test, num_classes=self.cfg.model.num_classes,
