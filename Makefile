@@ -16,7 +16,7 @@ env: $(VPY)
 	$(VPY) -m pip install -q -e ".[test]"
 
 test: env
-	TRITON_INTERPRET=1 TRITON_DEFAULT_FP_FUSION=1 KERNELS_POISON=1 $(VPY) -m pytest -q tests
+	TRITON_INTERPRET=1 TRITON_DEFAULT_FP_FUSION=1 KERNELS_POISON=1 $(VPY) -m pytest -q --durations=15 tests
 
 compile-check: env
 	$(VPY) -m kernels.compile_check
