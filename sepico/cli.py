@@ -77,7 +77,7 @@ def _eval(args) -> int:
     from sepico.evaluation import evaluate, format_table
     from sepico.train.config import apply_overrides, validate
     from sepico.train.data import build_test_dataset
-    from sepico.train.trainer import resolve_device
+    from sepico.train.trainer import evaluation_prior, resolve_device
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -98,13 +98,15 @@ def _eval(args) -> int:
     m = cfg.model
     model.to(device)
     d = cfg.data
+    prior = None if args.aug_test else evaluation_prior(cfg)
     result = evaluate(model, test, num_classes=m.num_classes, classes=classes, device=device,
                       batch_size=args.batch_size, mode=d.eval_mode, window=tuple(d.eval_window),
-                      stride=tuple(d.eval_stride), autocast=args.amp, flip=args.aug_test,
+                      stride=tuple(d.eval_stride), autocast=args.amp, flip=args.aug_test, prior=prior,
                       progress=not args.no_progress)
     result.pop("confusion")
     report = {"checkpoint": str(path), "iteration": iteration, "weights": weights, "dataset": d.target,
-              "images": len(test), "mode": d.eval_mode, "aug_test": bool(args.aug_test), **result}
+              "images": len(test), "mode": d.eval_mode, "aug_test": bool(args.aug_test),
+              "test_prior": d.dark_zurich_test_prior if prior is not None else 0.0, **result}
     if d.eval_mode == "slide":
         report |= {"window": list(d.eval_window), "stride": list(d.eval_stride)}
 
@@ -138,6 +140,7 @@ def _predict(args) -> int:
     """Segmentation maps of image files and folders (sepico.predict); exit 1 if any image was skipped."""
     from sepico.convert import load_model
     from sepico.data.transforms import AUG_SCALES
+    from sepico.data.night import dark_zurich_prior
     from sepico.predict import list_images, predict_files
     from sepico.train.trainer import resolve_device
 
@@ -147,13 +150,14 @@ def _predict(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, not a folder")
-    images = list_images(args.inputs)
+    images = list_images(args.inputs, exclude=out)
     device = resolve_device(args.device)
     model, cfg, weights, _ = load_model(args.checkpoint, teacher=args.teacher)
     model.to(device)
+    prior = dark_zurich_prior(cfg.data.dark_zurich_test_prior, cfg.model.num_classes)  # for *_rgb_anon.png images
     written, skipped = predict_files(
         model, images, out, num_classes=cfg.model.num_classes, trainids=args.trainids, overlay=args.overlay,
-        progress=not args.no_progress, size=size, keep_ratio=args.keep_ratio, mode=args.mode,
+        dark_zurich_prior=prior, progress=not args.no_progress, size=size, keep_ratio=args.keep_ratio, mode=args.mode,
         window=window or tuple(cfg.data.eval_window), stride=stride or tuple(cfg.data.eval_stride),
         scales=AUG_SCALES if args.aug_test else None, flip=args.aug_test, device=device, autocast=args.amp)
     print(json.dumps({"checkpoint": str(args.checkpoint), "weights": weights, "images": len(images),
@@ -238,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU)")
     e.add_argument("checkpoint")
     e.add_argument("--data", help="target dataset name (default: the run's target): synthetic, "
-                   "cityscapes, dark_zurich")
+                   "cityscapes, dark_zurich, nighttime_driving, bdd100k_night")
     e.add_argument("--root", help="dataset folder for a real dataset")
     e.add_argument("--device", default="auto")
     e.add_argument("--teacher", action="store_true", help="evaluate the EMA teacher, not the student")

@@ -82,8 +82,10 @@ def slide_logits(model, images: torch.Tensor, num_classes: int, window, stride) 
 
 
 def predict_logits(model, images: torch.Tensor, label_size, *, num_classes: int, mode: str = "whole",
-                   window=(1024, 1024), stride=(768, 768)) -> torch.Tensor:
-    """float32 logits [B, C, *label_size] of images in [0, 1] (normalised here)."""
+                   window=(1024, 1024), stride=(768, 768), prior: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 logits [B, C, *label_size] of images in [0, 1] (normalised here). With ``prior``
+    (class weights [C]) the scores are instead the softmax at the input's size times the prior,
+    resized to the label: the official test of Dark Zurich images (``simple_test``)."""
     x = normalize(images)
     if mode == "whole":
         # Two resizes, as the official test path: to the network input (encode_decode), then to
@@ -94,6 +96,8 @@ def predict_logits(model, images: torch.Tensor, label_size, *, num_classes: int,
         logits = slide_logits(model, x, num_classes, window, stride)
     else:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if prior is not None:
+        logits = logits.softmax(1) * prior.to(logits).view(1, -1, 1, 1)
     if tuple(logits.shape[-2:]) != tuple(label_size):
         logits = F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=False)
     return logits
@@ -119,14 +123,16 @@ def aug_probabilities(model, views, label_size, *, num_classes: int, flip: bool 
 @torch.no_grad()
 def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", batch_size: int = 2,
              mode: str = "whole", window=(1024, 1024), stride=(768, 768), autocast: bool = False,
-             flip: bool = False, progress: bool = False) -> dict:
+             flip: bool = False, prior: torch.Tensor | None = None, progress: bool = False) -> dict:
     """mIoU of ``model`` on a labelled dataset of (image [3, H, W] in [0, 1], label [h, w]), or of
     (list of views of the image at the test scales, label) for test-time augmentation (``flip``
     adds the mirror of each view; see ``aug_probabilities``).
 
     Returns ``miou`` over ``classes`` (default: every class seen), per-class ``iou``, pixel
     accuracy, the ``confusion`` matrix and, for 19 classes, ``protocols`` (the 19/16/13-class
-    mIoUs). ``autocast`` runs the model in bfloat16 on a GPU."""
+    mIoUs). ``autocast`` runs the model in bfloat16 on a GPU. ``prior``: class weights of the
+    single-scale test (``predict_logits``); test-time augmentation does not apply them, as the
+    official ``aug_test`` does not."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     was_training = model.training
@@ -147,8 +153,8 @@ def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", ba
                     scores = aug_probabilities(model, views, labels.shape[-2:], num_classes=num_classes, flip=flip,
                                                mode=mode, window=window, stride=stride)
                 else:
-                    scores = predict_logits(model, images.to(device), labels.shape[-2:],
-                                            num_classes=num_classes, mode=mode, window=window, stride=stride)
+                    scores = predict_logits(model, images.to(device), labels.shape[-2:], num_classes=num_classes,
+                                            mode=mode, window=window, stride=stride, prior=prior)
             conf += confusion_matrix(scores.argmax(1).cpu(), labels, num_classes)
     finally:
         model.train(was_training)

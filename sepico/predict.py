@@ -11,11 +11,19 @@ argmax of the test-time-augmented probabilities (``scales``, ``flip``).
 Images come from files and folders (png, jpg; folders walked recursively in sorted order; an
 image in a sub-folder keeps that sub-folder under the output folder). An unreadable image is named
 in one line and skipped; every file is written atomically.
+
+Dark Zurich images (``*_rgb_anon.png``) are predicted as the official test does: the softmax times
+the class prior (``dark_zurich_prior``, scale 0.16) before the resize to the image (single-scale
+only, as the official ``aug_test`` leaves it out). Their train ids go where the Dark Zurich
+benchmark takes them: ``labelTrainIds/<file name>`` (the image's own name, flat, as mmseg's
+``results2img`` names them), with the copies ``labelTrainIds_invalid/`` and ``confidence/`` the
+official README builds by hand, and the three folders zipped into ``dark_zurich_submission.zip``.
 """
 from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +37,24 @@ from sepico.train.config import ConfigError
 from sepico.train.data import scaled_views
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DARK_ZURICH_SUFFIX = "_rgb_anon.png"
+SUBMISSION_FOLDERS = ("labelTrainIds", "labelTrainIds_invalid", "confidence")  # the server's zip layout
+SUBMISSION_ZIP = "dark_zurich_submission.zip"
 
 
-def list_images(inputs) -> list[tuple[Path, Path]]:
+def list_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
     """(image file, output stem relative to the output folder) for every input: a file as it is, a
-    folder's images recursively in sorted order. Two inputs writing to one stem are refused."""
+    folder's images recursively in sorted order, leaving out the folder ``exclude`` (the output
+    folder, when it sits inside an input folder). Two inputs writing to one stem are refused."""
+    skip = Path(exclude).resolve() if exclude is not None else None
     found = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if skip is not None and path.resolve() == skip:
+                raise ConfigError(f"--out {exclude} is an input folder: write the maps into a folder of their own")
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not (skip is not None and p.resolve().is_relative_to(skip)))
             if not files:
                 raise ConfigError(f"{path}: no images (png, jpg) in this folder")
             found += [(p, p.relative_to(path).with_suffix("")) for p in files]
@@ -65,8 +81,10 @@ def blend(pixels: np.ndarray, colours: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def predict_image(model, pixels: np.ndarray, *, num_classes: int, size=None, keep_ratio: bool = False,
                   mode: str = "whole", window=(1024, 1024), stride=(768, 768), scales=None, flip: bool = False,
-                  device="cpu", autocast: bool = False) -> np.ndarray:
-    """uint8 train ids [H, W] of one uint8 RGB image [H, W, 3] at its own size."""
+                  prior=None, device="cpu", autocast: bool = False) -> np.ndarray:
+    """uint8 train ids [H, W] of one uint8 RGB image [H, W, 3] at its own size (``prior``: class
+    weights of the single-scale Dark Zurich test, see ``sepico.evaluation.predict_logits``; the
+    test-time augmentation of ``scales`` / ``flip`` leaves them out, as the official one)."""
     device = torch.device(device)
     height, width = pixels.shape[:2]
     cast = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda"
@@ -80,15 +98,20 @@ def predict_image(model, pixels: np.ndarray, *, num_classes: int, size=None, kee
             resized = resize_image(pixels, output_size(height, width, size, keep_ratio)) if size else pixels
             image = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float().div_(255.0)[None].to(device)
             scores = predict_logits(model, image, (height, width), num_classes=num_classes, mode=mode,
-                                    window=window, stride=stride)
+                                    window=window, stride=stride, prior=prior)
     return scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
 def predict_files(model, images, out, *, num_classes: int, trainids: bool = False, overlay: bool = False,
-                  progress: bool = False, **inference) -> tuple[list[Path], list[Path]]:
+                  dark_zurich_prior=None, progress: bool = False, **inference) -> tuple[list[Path], list[Path]]:
     """Predict every (image, stem) of ``list_images`` into the folder ``out``; returns (written
     files, skipped images). ``inference``: the keyword arguments of ``predict_image``."""
     out = Path(out)
+    if trainids:
+        names = [path.name for path, _ in images if path.name.endswith(DARK_ZURICH_SUFFIX)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"two Dark Zurich images named {twice[0]}: their labelTrainIds files would collide")
     was_training = model.training
     model.eval()
     written, skipped = [], []
@@ -105,20 +128,38 @@ def predict_files(model, images, out, *, num_classes: int, trainids: bool = Fals
                 print(f"sepico predict: skipping {path}: cannot read the image ({err})", file=sys.stderr, flush=True)
                 skipped.append(path)
                 continue
-            ids = predict_image(model, pixels, num_classes=num_classes, **inference)
+            dark_zurich = path.name.endswith(DARK_ZURICH_SUFFIX)
+            ids = predict_image(model, pixels, num_classes=num_classes, prior=dark_zurich_prior if dark_zurich else None,
+                                **inference)
             colours = colorize(ids)
-            maps = {"color": colours}
-            if trainids:
-                maps["labelTrainIds"] = ids
+            maps = {out / f"{stem}_color.png": colours}
+            if trainids and dark_zurich:
+                maps |= {out / folder / path.name: ids for folder in SUBMISSION_FOLDERS}
+            elif trainids:
+                maps[out / f"{stem}_labelTrainIds.png"] = ids
             if overlay:
-                maps["overlay"] = blend(pixels, colours)
-            for kind, array in maps.items():
-                target = out / f"{stem}_{kind}.png"
+                maps[out / f"{stem}_overlay.png"] = blend(pixels, colours)
+            for target, array in maps.items():
                 _write_png(array, target)
                 written.append(target)
     finally:
         model.train(was_training)
+    submitted = [p for p in written if p.parent.name in SUBMISSION_FOLDERS and p.parent.parent == out]
+    if submitted:
+        written.append(_write_zip(out / SUBMISSION_ZIP, submitted, out))
     return written, skipped
+
+
+def _write_zip(path: Path, files, root: Path) -> Path:
+    """Every file of the three submission folders under its folder name (``zip -r``), atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    folders = sorted({f.parent for f in files})
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for folder in folders:  # the whole folder: earlier runs into the same --out included
+            for f in sorted(folder.glob("*.png")):
+                archive.write(f, f.relative_to(root).as_posix())
+    os.replace(tmp, path)
+    return path
 
 
 def _write_png(array: np.ndarray, path: Path) -> None:
@@ -128,4 +169,4 @@ def _write_png(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["IMAGE_SUFFIXES", "blend", "list_images", "predict_files", "predict_image"]
+__all__ = ["DARK_ZURICH_SUFFIX", "IMAGE_SUFFIXES", "SUBMISSION_FOLDERS", "SUBMISSION_ZIP", "blend", "list_images", "predict_files", "predict_image"]

@@ -99,6 +99,13 @@ def test_predict_writes_the_three_maps_and_skips_a_corrupt_image(tmp_path, capsy
         half = (pixels.astype(int) + color.astype(int)) / 2
         assert np.abs(overlay - half).max() <= 0.5
     assert not list(out.rglob(".*.tmp")) and not (out / "broken_color.png").exists()
+    # an output folder inside the input folder is not read back as input on a second run
+    inner = images / "maps"
+    assert main(["predict", str(ckpt), str(images), "--out", str(inner), "--no-progress"]) == 1
+    assert main(["predict", str(ckpt), str(images), "--out", str(inner), "--no-progress"]) == 1
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["images"] == 3
+    assert main(["predict", str(ckpt), str(images), "--out", str(images), "--no-progress"]) == 2
+    assert "is an input folder" in capsys.readouterr().err
 
 
 def test_predict_resized_input_and_errors(tmp_path, capsys):

@@ -16,13 +16,14 @@ def test_the_kernels_example_runs_here():
 
 
 def test_the_released_model_commands_parse():
-    """Every `sepico` command of the README's released-models section is one the CLI accepts."""
+    """Every `sepico` command of the README's day-to-night and released-models sections is one the
+    CLI accepts."""
     import shlex
 
     from sepico.cli import build_parser
 
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Released models"):text.index("### Full resolution")]
+    section = text[text.index("### Day to night"):text.index("### Full resolution")]
     block = "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S)).replace("\\\n", " ")
     commands = [line.split("#")[0].replace("...", "").strip() for line in block.splitlines()]
     commands = [c for c in commands if c.startswith("sepico ")]

@@ -10,7 +10,14 @@ GTA5               ``images/*.png``                                     ``labels
 SYNTHIA            ``RGB/*.png``                                        ``GT/LABELS/<same name>`` (16-bit, class in channel 1)
 Cityscapes         ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``     ``gtFine/<split>/<city>/*_gtFine_labelIds.png``
 Dark Zurich        ``rgb_anon/<split>/night/<seq>/*_rgb_anon.png``      ``gt/<split>/night/<seq>/*_gt_labelTrainIds.png`` (val)
+Nighttime Driving  ``leftImg8bit/test/night/*_leftImg8bit.png``         ``gtCoarse_daytime_trainvaltest/test/night/*_gtCoarse_labelTrainIds.png``
+BDD100k-night      ``images/10k/val/*.jpg``                             ``labels/sem_seg/masks/val/<stem>.png`` (train ids)
 =================  ===================================================  =========================================================
+
+Nighttime Driving (Dai and Van Gool, 2018; its ``NighttimeDrivingTest`` archive) and BDD100k-night
+(night images of BDD100K's 10K segmentation set, in that set's layout; copy the night selection
+into a folder of its own) are evaluation sets only: one labelled split, whatever ``split`` says.
+Dark Zurich's unlabelled test images (``rgb_anon/test/night``) are for ``sepico predict``.
 
 A dataset item is ``(image float32 [3, H, W] in [0, 1], label int64 [H, W])`` at the files' own
 size; an unlabelled dataset (a target's training images) gives labels that are all ignore (255).
@@ -32,7 +39,7 @@ from sepico.data.cityscapes import IGNORE_INDEX
 from sepico.data.label_maps import (CITYSCAPES_ID_TO_TRAIN_ID, GTA5_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID,
                                     TRAIN_ID_IDENTITY, lookup_table, to_train_ids)
 
-REAL_DATASETS = ("gta5", "synthia", "cityscapes", "dark_zurich")
+REAL_DATASETS = ("gta5", "synthia", "cityscapes", "dark_zurich", "nighttime_driving", "bdd100k_night")
 
 
 class DatasetError(ValueError):
@@ -55,9 +62,13 @@ _LAYOUTS = {
                           "_gtFine_labelIds.png", True),
     "dark_zurich": _Layout("rgb_anon/{split}/night", "gt/{split}/night", "_rgb_anon.png",
                            "_gt_labelTrainIds.png", True),
+    "nighttime_driving": _Layout("leftImg8bit/test/night", "gtCoarse_daytime_trainvaltest/test/night",
+                                 "_leftImg8bit.png", "_gtCoarse_labelTrainIds.png", False),
+    "bdd100k_night": _Layout("images/10k/val", "labels/sem_seg/masks/val", ".jpg", ".png", False),
 }
 _TABLES = {"gta5": GTA5_ID_TO_TRAIN_ID, "synthia": SYNTHIA_ID_TO_TRAIN_ID,
-           "cityscapes": CITYSCAPES_ID_TO_TRAIN_ID, "dark_zurich": TRAIN_ID_IDENTITY}
+           "cityscapes": CITYSCAPES_ID_TO_TRAIN_ID, "dark_zurich": TRAIN_ID_IDENTITY,
+           "nighttime_driving": TRAIN_ID_IDENTITY, "bdd100k_night": TRAIN_ID_IDENTITY}
 
 
 class SegmentationFolder(Dataset):

@@ -30,7 +30,16 @@ def pseudo_labels(logits: torch.Tensor, size, *, threshold: float, mode: str, ig
     threshold (one scalar, as DACS and SePiCo); "pixel": 1 where confident, 0 elsewhere. The top
     and bottom rows given get weight 0 (the GTA5 -> Cityscapes setting blanks 15 and 120)."""
     logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    conf, labels = torch.softmax(logits, dim=1).max(dim=1)
+    return confident_labels(torch.softmax(logits, dim=1), threshold=threshold, mode=mode, ignore_top=ignore_top,
+                            ignore_bottom=ignore_bottom)
+
+
+def confident_labels(scores: torch.Tensor, *, threshold: float, mode: str, ignore_top: int = 0,
+                     ignore_bottom: int = 0):
+    """(labels, weights) [B, H, W] from class scores [B, C, H, W] at image size (softmax
+    probabilities, or the fused day-night scores): the argmax, and the weights of
+    ``pseudo_labels`` from the top score."""
+    conf, labels = scores.max(dim=1)
     confident = (conf >= threshold).float()
     weights = confident if mode == "pixel" else torch.full_like(conf, confident.mean().item())
     if ignore_top:

@@ -51,6 +51,7 @@ class DataConfig:
     strict_labels: bool = True       # unknown label id: error (false: ignore it)
     eval_protocol: int = 0           # classes the mIoU averages: 19 | 16 | 13; 0 = 16 for SYNTHIA, else 19
     eval_mode: str = "whole"         # whole | slide
+    dark_zurich_test_prior: float = 0.16  # class-prior scale s on Dark Zurich test images (official); 0 = off
     eval_window: tuple = (1024, 1024)  # sliding-window size (H, W)
     eval_stride: tuple = (768, 768)    # sliding-window stride (H, W)
 
@@ -102,6 +103,10 @@ class MethodConfig:
     #                                  pseudo labels regenerated on the crop (published: true)
     mix_classes: str = "batch"       # ClassMix: half the classes of the batch's labels (DACS) | of each image
     ce_reduction: str = "all"        # source CE mean over all pixels, ignored counting 0 (mmseg) | valid
+    day_night: bool = False          # Dark Zurich: pseudo labels fused from the night image and its day image
+    day_ratio: float = 0.8           # weight of the day probability (shift-insensitive classes, day > 0.4)
+    class_prior: float = 0.0         # class-prior scale s for the fused pseudo labels and the decode-head
+    #                                  cross-entropy (Dark Zurich published: 0.05); 0 = no class weights
     start_self_training_iter: int = 0  # source-only warm-up before pseudo labels are used
     pseudo_threshold: float = 0.968
     pseudo_weight: str = "dacs"      # dacs: one share-of-confident-pixels weight per batch; pixel: mask
@@ -283,6 +288,16 @@ def validate(cfg: Config) -> None:
     if m.pseudo_crop and (cfg.data.target == "synthetic" or 0 in tuple(cfg.data.crop_size)):
         raise ConfigError("config field 'method.pseudo_crop' needs a real target dataset and "
                           "data.crop_size (the crop cut from each whole target image)")
+    if m.day_night and cfg.data.target != "dark_zurich":
+        raise ConfigError("config field 'method.day_night' needs data.target = \"dark_zurich\" (its day-night "
+                          f"correspondences), got {cfg.data.target!r}")
+    if not 0.0 <= m.day_ratio <= 1.0:
+        raise ConfigError(f"config field 'method.day_ratio' must be in [0, 1], got {m.day_ratio!r}")
+    positive("method.class_prior", m.class_prior, zero_ok=True)
+    positive("data.dark_zurich_test_prior", cfg.data.dark_zurich_test_prior, zero_ok=True)
+    if m.class_prior and cfg.model.num_classes != 19:
+        raise ConfigError("config field 'method.class_prior' weighs the 19 Cityscapes classes (Dark Zurich "
+                          f"frequencies); model.num_classes is {cfg.model.num_classes}")
     positive("method.temperature", m.temperature)
     positive("method.memory_length", m.memory_length, zero_ok=m.variant != "bank")
     if m.momentum is not None and not 0.0 < m.momentum < 1.0:

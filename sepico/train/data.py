@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from sepico.data.cityscapes import IGNORE_INDEX, NUM_CLASSES
 from sepico.data.label_maps import PROTOCOLS
 from sepico.data.rcs import RareClassSampler, load_class_stats
+from sepico.data.night import day_images
 from sepico.data.real import REAL_DATASETS, DatasetError, SegmentationFolder
 from sepico.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
 from sepico.data.transforms import aug_sizes, output_size, resize_image, resize_label
@@ -33,7 +34,8 @@ from sepico.train.config import Config, ConfigError
 
 DATASETS = ("synthetic",) + REAL_DATASETS
 SOURCES = ("synthetic", "gta5", "synthia", "cityscapes")   # labelled training images
-TARGETS = ("synthetic", "cityscapes", "dark_zurich")       # with a labelled val split
+TRAINING_TARGETS = ("synthetic", "cityscapes", "dark_zurich")  # unlabelled training images, labelled val split
+TARGETS = TRAINING_TARGETS + ("nighttime_driving", "bdd100k_night")  # evaluation sets (labelled split only)
 CROP_TRIES = 10  # candidate crops for the class-ratio and rare-class conditions (DAFormer: 10)
 
 
@@ -51,7 +53,7 @@ def build_datasets(cfg: Config, run_dir=None) -> RunData:
     """The run's datasets. ``run_dir`` is where the rare-class statistics are cached (default:
     ``data.class_stats``, else the run folder the trainer would choose)."""
     d = cfg.data
-    for key, name, options in (("data.source", d.source, SOURCES), ("data.target", d.target, TARGETS)):
+    for key, name, options in (("data.source", d.source, SOURCES), ("data.target", d.target, TRAINING_TARGETS)):
         if name not in options:
             raise ConfigError(f"config field '{key}' must be one of {', '.join(options)}, got {name!r}")
     real = [name for name in (d.source, d.target) if name != "synthetic"]
@@ -84,7 +86,14 @@ def build_datasets(cfg: Config, run_dir=None) -> RunData:
         # With the class-balanced pseudo-label crop the loader hands whole (resized) images: the
         # trainer cuts the crop (official `..._no_crop` target pipeline).
         crop = None if cfg.method.pseudo_crop else _sizes(d.crop_size)
-        target = TrainingView(folder, _sizes(d.target_size), crop, keep_ratio=d.keep_ratio, flip=d.flip)
+        days = None
+        if cfg.method.day_night:  # each night image with its day image (Dark Zurich's correspondences)
+            try:
+                days = day_images(d.target_root, folder.images)
+            except DatasetError as err:
+                raise ConfigError(f"config field 'data.target_root': {err}") from None
+        target = TrainingView(folder, _sizes(d.target_size), crop, keep_ratio=d.keep_ratio, flip=d.flip,
+                              companions=days)
     _check_same_size(source, target, size, _sizes(d.crop_size) if cfg.method.pseudo_crop else None)
     target_test, eval_classes = build_test_dataset(cfg)
     return RunData(source=source, target=target, target_test=target_test, eval_classes=eval_classes)
@@ -177,7 +186,9 @@ class TrainingView(Dataset):
     bilinear for the image, nearest for the label: ``sepico.data.transforms``).
 
     ``view[Draw(...)]`` is ``(image float32 [3, h, w] in [0, 1], label int64 [h, w])`` with
-    (h, w) the crop size (a smaller image is padded: image 0, label ignore). A labelled crop is
+    (h, w) the crop size (a smaller image is padded: image 0, label ignore). With ``companions``
+    (one image file per image: Dark Zurich's day images) it is ``(image, label, companion)``, the
+    companion resized like its image (to the same size) and cropped and flipped with it. A labelled crop is
     tried up to ``CROP_TRIES`` times until no class covers more than ``cat_max_ratio`` of its
     labelled pixels and, for a rare-class draw, it holds more than ``rare_min_pixels`` pixels of
     that class (else the last candidate, or the one holding most of the rare class, is used).
@@ -187,8 +198,12 @@ class TrainingView(Dataset):
 
     def __init__(self, folder: SegmentationFolder, resize=None, crop=None, *, keep_ratio: bool = False,
                  flip: bool = True, cat_max_ratio: float = 1.0,
-                 rare_class_sampler: RareClassSampler | None = None, rare_min_pixels: float = 0.0):
+                 rare_class_sampler: RareClassSampler | None = None, rare_min_pixels: float = 0.0,
+                 companions=None):
         self.folder, self.resize, self.crop, self.flip = folder, resize, crop, flip
+        if companions is not None and len(companions) != len(folder):
+            raise ValueError(f"{len(companions)} companion images for {len(folder)} images")
+        self.companions = companions
         self.keep_ratio = keep_ratio
         self.cat_max_ratio = cat_max_ratio
         self.rare_class_sampler = rare_class_sampler
@@ -224,15 +239,35 @@ class TrainingView(Dataset):
                 label = resize_label(label, size)
         if label is None:
             label = np.full(pixels.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        companion = None if self.companions is None else self._companion(draw.index, pixels.shape[:2])
         if self.crop:
             y, x = self._choose_crop(label, draw.rare_class, rng)
             ch, cw = self.crop
+            if companion is not None:
+                companion, _ = _pad(companion[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw], self.crop)
             pixels, label = pixels[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
             pixels, label = _pad(pixels, label, self.crop)
         if self.flip and rng.random() < 0.5:
             pixels, label = pixels[:, ::-1], label[:, ::-1]
-        image_t = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
-        return image_t, torch.from_numpy(label.astype(np.int64))
+            companion = None if companion is None else companion[:, ::-1]
+        item = (_to_tensor(pixels), torch.from_numpy(label.astype(np.int64)))
+        return item if companion is None else item + (_to_tensor(companion),)
+
+    def _companion(self, index: int, size) -> np.ndarray:
+        """The companion of image ``index``, resized as the image was (its own keep-ratio rescale,
+        or the resize itself); it must come out at the image's ``size``."""
+        path = self.companions[index]
+        try:
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("RGB"))
+        except OSError as err:
+            raise DatasetError(f"{path}: cannot read the image ({err})") from None
+        if self.resize:
+            pixels = resize_image(pixels, output_size(*pixels.shape[:2], self.resize, self.keep_ratio))
+        if pixels.shape[:2] != tuple(size):
+            raise DatasetError(f"{path} is {pixels.shape[1]} x {pixels.shape[0]} (W x H) after resizing, but its "
+                               f"image {self.folder.images[index]} is {size[1]} x {size[0]}")
+        return pixels
 
     def _choose_crop(self, label: np.ndarray, rare_class: int, rng: np.random.Generator):
         height, width = label.shape
@@ -253,6 +288,10 @@ class TrainingView(Dataset):
             if rare_class < 0 or rare > best_rare:  # fallback: the last, or most of the rare class
                 best, best_rare = (y, x), rare
         return best
+
+
+def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
 
 
 def _pad(pixels: np.ndarray, label: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
@@ -350,12 +389,12 @@ class _IterationBatches:
 
 
 def _stack(items):
-    images, labels = zip(*items)
-    return torch.stack(images), torch.stack(labels)
+    return tuple(torch.stack(column) for column in zip(*items))
 
 
 class BatchStream:
-    """``next()`` gives the (images, labels) batch of the next iteration."""
+    """``next()`` gives the (images, labels) batch of the next iteration (and the companion images of
+    a dataset that has them)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, start: int, num_workers: int = 0):
         sampler = _IterationBatches(len(dataset), batch_size, seed, start,

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from sepico import losses
 from sepico.data.cityscapes import IGNORE_INDEX
+from sepico.data.night import class_prior_weights, dark_zurich_prior, fuse_day_night
 from sepico.data.real import DatasetError
 from sepico.data.transforms import normalize
 from sepico.estimator import ClassDistributionEstimator
@@ -187,6 +188,9 @@ class Trainer:
             cfg.model.num_classes, cfg.model.proj_dim, covariance=m.covariance,
             memory_length=m.memory_length if m.variant == "bank" else 0, momentum=m.momentum,
             device=self.device)
+        # Class weights of the decode-head cross-entropy and the day-night pseudo labels (official
+        # class_weight: Dark Zurich's class prior at scale method.class_prior); None = unweighted.
+        self.class_prior = class_prior_weights(m.class_prior).to(self.device) if m.class_prior else None
         self.iteration = 0
         self._stop_signal = None
         if self.rank == 0:
@@ -275,9 +279,10 @@ class Trainer:
         """mmseg 0.16's decode-head loss: the mean over all pixels, ignored ones counting 0
         (``ce_reduction = "all"``), or over the labelled pixels only (``"valid"``)."""
         up = self._upsample(logits, label)
+        loss = F.cross_entropy(up, label, weight=self.class_prior, ignore_index=IGNORE_INDEX, reduction="none")
         if self.cfg.method.ce_reduction == "valid":
-            return F.cross_entropy(up, label, ignore_index=IGNORE_INDEX)
-        return F.cross_entropy(up, label, ignore_index=IGNORE_INDEX, reduction="none").mean()
+            return loss.sum() / (label != IGNORE_INDEX).sum().clamp(min=1)
+        return loss.mean()
 
     # ------------------------------------------------------------------ teacher passes
 
@@ -287,25 +292,38 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             yield
 
-    def _pseudo_labels(self, images):
-        """Teacher pseudo labels and weights for a weak target batch."""
+    def _pseudo_labels(self, images, days=None):
+        """Teacher pseudo labels and weights for a weak target batch. With ``days`` (the day image
+        of each night image, official ``SePiCoDark``) from the fused day-night probabilities,
+        weighted by the class prior."""
         m = self.cfg.method
+        weights = dict(threshold=m.pseudo_threshold, mode=m.pseudo_weight, ignore_top=m.ignore_top,
+                       ignore_bottom=m.ignore_bottom)
+        if days is None:
+            with self._teacher_pass():
+                logits = self.teacher.predict_logits(normalize(images))
+            return augment.pseudo_labels(logits, images.shape[-2:], **weights)
+        fused = fuse_day_night(self._teacher_probabilities(days), self._teacher_probabilities(images),
+                               day_ratio=m.day_ratio, weights=self.class_prior)
+        return augment.confident_labels(fused, **weights)
+
+    def _teacher_probabilities(self, images):
+        """The teacher's softmax at image size (logits resized first, as ``encode_decode``)."""
         with self._teacher_pass():
             logits = self.teacher.predict_logits(normalize(images))
-        return augment.pseudo_labels(logits, images.shape[-2:], threshold=m.pseudo_threshold,
-                                     mode=m.pseudo_weight, ignore_top=m.ignore_top,
-                                     ignore_bottom=m.ignore_bottom)
+        return torch.softmax(resize_to(logits.float(), images.shape[-2:]), dim=1)
 
-    def _target_pseudo_labels(self, images):
-        """(target images, pseudo labels, weights). With ``pseudo_crop`` the whole images are cut
-        to their class-balanced crop, which the teacher then labels again (official
-        ``pseudo_random_crop`` + ``regen_pseudo``)."""
-        labels, weights = self._pseudo_labels(images)
+    def _target_pseudo_labels(self, images, days=None):
+        """(target images, pseudo labels, weights). With ``pseudo_crop`` the whole images (and
+        their day images) are cut to their class-balanced crop, which the teacher then labels
+        again (official ``pseudo_random_crop`` + ``regen_pseudo``)."""
+        labels, weights = self._pseudo_labels(images, days)
         if self.cfg.method.pseudo_crop:
             crop = tuple(int(v) for v in self.cfg.data.crop_size)
             offsets = augment.class_balanced_crops(labels, crop, self.cfg.model.num_classes, self.gen)
             images = augment.cut(images, offsets, crop)
-            labels, weights = self._pseudo_labels(images)
+            days = None if days is None else augment.cut(days, offsets, crop)
+            labels, weights = self._pseudo_labels(images, days)
         return images, labels, weights
 
     def _update_distribution(self, src_img, src_lbl) -> None:
@@ -326,7 +344,8 @@ class Trainer:
         m = self.cfg.method
         it = self.iteration
         src_img, src_lbl = (t.to(self.device) for t in self.source.next())
-        tgt_img, _ = (t.to(self.device) for t in self.target.next())
+        tgt_img, _, *days = (t.to(self.device) for t in self.target.next())
+        days = days[0] if days else None  # the day image of each night image (method.day_night)
         self.update_teacher()
         contrastive = m.variant in CONTRASTIVE
         self_training = m.variant != "source_only" and it >= m.start_self_training_iter
@@ -339,7 +358,7 @@ class Trainer:
 
         # Teacher passes, one domain each.
         if self_training:
-            tgt_img, pl, pw = self._target_pseudo_labels(tgt_img)
+            tgt_img, pl, pw = self._target_pseudo_labels(tgt_img, days)
             log["pseudo_weight"] = pw.mean().item()
         if contrastive:  # every iteration, also before start_distribution_iter
             self._update_distribution(src_img, src_lbl)
@@ -384,7 +403,7 @@ class Trainer:
             mixed_w = torch.where(masks, torch.ones_like(pw), pw)
             with self._autocast():
                 logits = self.model.predict_logits(normalize(mixed))
-                ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl,
+                ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl, weight=self.class_prior,
                                      ignore_index=IGNORE_INDEX, reduction="none")
             mix_loss = (ce * mixed_w).mean()
             log["loss_mix"] = mix_loss.item()
@@ -632,7 +651,16 @@ class Trainer:
         return evaluate(model or self.model, self.data.target_test, num_classes=self.cfg.model.num_classes,
                         classes=self.data.eval_classes, device=self.device,
                         batch_size=max(1, self.cfg.train.batch_size), mode=self.cfg.data.eval_mode,
-                        window=tuple(self.cfg.data.eval_window), stride=tuple(self.cfg.data.eval_stride))
+                        window=tuple(self.cfg.data.eval_window), stride=tuple(self.cfg.data.eval_stride),
+                        prior=evaluation_prior(self.cfg))
+
+
+def evaluation_prior(cfg: Config) -> torch.Tensor | None:
+    """The class weights the official test applies to Dark Zurich images (their softmax times the
+    prior at scale ``data.dark_zurich_test_prior``, 0.16); None for every other dataset."""
+    if cfg.data.target != "dark_zurich":
+        return None
+    return dark_zurich_prior(cfg.data.dark_zurich_test_prior, cfg.model.num_classes)
 
 
 def _buckets(tensors, limit: int):
