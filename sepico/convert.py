@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from sepico.models import weight_problems
 from sepico.train.checkpoint import atomic_save, read_checkpoint
 from sepico.train.config import Config, ConfigError, ModelConfig, load_config
 
@@ -96,27 +97,6 @@ def model_widths(weights: dict[str, torch.Tensor], name: str, where: str = "chec
     return widths
 
 
-def check_weights(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], what: str, *,
-                  official: bool = False) -> None:
-    """Every key of ``expected``, no other, each with its shape: else one line naming the first few
-    (``official``: under the official names)."""
-    name = _official if official else str
-    missing = [name(k) for k in expected if k not in given]
-    unexpected = [name(k) for k in given if k not in expected]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
-    if not problems:
-        shapes = [f"{name(k)} {tuple(given[k].shape)} (model: {tuple(v.shape)})" for k, v in expected.items()
-                  if tuple(given[k].shape) != tuple(v.shape)]
-        if shapes:
-            problems.append(f"{len(shapes)} shape mismatch(es): {_first(shapes)}")
-    if problems:
-        raise ConversionError(f"{what}: " + "; ".join(problems))
-
-
 def convert(src, dst, *, model: str | None = None, teacher: bool = False, config=None) -> dict:
     """Convert the official checkpoint ``src`` into the sepico weight file ``dst`` (written
     atomically, only once everything matched). ``config``: a TOML run configuration whose data
@@ -138,7 +118,9 @@ def convert(src, dst, *, model: str | None = None, teacher: bool = False, config
         weights |= {k: v for k, v in expected.items() if k.startswith("projection_head.")}
         notes.append("no auxiliary_head (projection head) in the file: a DAFormer checkpoint; the projection "
                      "head is freshly initialised (evaluation and prediction do not use it)")
-    check_weights(expected, weights, f"{src} does not hold a {name} model", official=True)
+    problems = weight_problems(expected, weights, name=_official)
+    if problems:
+        raise ConversionError(f"{src} does not hold a {name} model: {problems}")
     net.load_state_dict(weights)
     dst = Path(dst)
     if not dst.resolve().parent.is_dir():
@@ -175,7 +157,9 @@ def load_model(path, *, teacher: bool = False) -> LoadedModel:
     cfg.model.pretrained = cfg.model.init_checkpoint = ""  # the weights come from the file
     net = build_run_model(cfg.model)
     weights = state["teacher" if teacher else "model"]
-    check_weights(net.state_dict(), weights, f"{path} does not match its own configuration")
+    problems = weight_problems(net.state_dict(), weights)
+    if problems:
+        raise ConfigError(f"{path} does not match its own configuration: {problems}")
     net.load_state_dict(weights)
     return LoadedModel(net, cfg, "teacher" if teacher else state.get("weights", "student"), state.get("iteration"))
 
@@ -201,5 +185,5 @@ def _first(keys) -> str:
     return shown + (f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")
 
 
-__all__ = ["FORMAT", "ConversionError", "LoadedModel", "check_weights", "convert", "load_model", "model_widths",
+__all__ = ["FORMAT", "ConversionError", "LoadedModel", "convert", "load_model", "model_widths",
            "official_weights"]

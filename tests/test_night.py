@@ -8,7 +8,7 @@ Facts (BIT-DA/SePiCo at bce38edd):
   ``rgb_anon/train/day/<line[1] after 'day/'>_rgb_anon.png``, loaded by the target pipeline with the
   night image's ``flip`` (mmseg's RandomFlip keeps a flip already in the results);
 - l. 232-243 (``mix_day_night_probs``): for the shift-insensitive classes (0-4, 8-10; l. 122-123,
-  experiments.py l. 256) weight ``day_ratio`` (0.8) where the day probability > 0.4, else
+  experiments.py l. 257) weight ``day_ratio`` (0.8) where the day probability > 0.4, else
   1 - day_ratio; other classes take the night probability; then times the class weights;
 - l. 316-360: teacher softmax of the day and the night image, fused, argmax and threshold; the crop
   chosen on those labels cuts both images (l. 246-271: one ``crop_bbox`` for both), both are

@@ -26,7 +26,7 @@ DARK_ZURICH_CLASS_FREQUENCIES = (
     0.36869696, 0.06084986, 0.22824049, 0.00655399, 0.00877272, 0.01227341, 0.00207795, 0.0055127,
     0.15928651, 0.01157818, 0.04018982, 0.01218957, 0.00135122, 0.06994545, 0.00267456, 0.00235192,
     0.00232904, 0.00098658, 0.00413907)
-# road, sidewalk, building, wall, fence; vegetation, terrain, sky (experiments.py l. 256,
+# road, sidewalk, building, wall, fence; vegetation, terrain, sky (experiments.py l. 257,
 # sepico_dark.py l. 122-123: ranges (0, 5) and (8, 11)).
 SHIFT_INSENSITIVE_CLASSES = (0, 1, 2, 3, 4, 8, 9, 10)
 DAY_THRESHOLD = 0.4  # sepico_dark.py l. 236

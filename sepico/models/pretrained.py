@@ -37,25 +37,32 @@ def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike) -> Loaded
     dropped = tuple(k for k in state if k.startswith(prefixes))
     state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
 
-    expected = encoder.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_SUFFIX)]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
-        raise ValueError(f"{os.fspath(path)} does not match the {type(encoder).__name__} encoder: "
-                         + "; ".join(problems))
-    mismatched = [f"{k} {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
-                  for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
-    if mismatched:
-        raise ValueError(f"{os.fspath(path)} does not match the {type(encoder).__name__} encoder: "
-                         f"{len(mismatched)} shape mismatch(es): {_first(mismatched)}")
+    problems = weight_problems(encoder.state_dict(), state, optional_suffix=_OPTIONAL_SUFFIX)
+    if problems:
+        raise ValueError(f"{os.fspath(path)} does not match the {type(encoder).__name__} encoder: {problems}")
     # Keys are checked above; strict=False only lets an absent num_batches_tracked through.
     encoder.load_state_dict(state, strict=False)
     return LoadedCheckpoint(loaded=len(state), dropped=dropped)
+
+
+def weight_problems(expected: dict, given: dict, *, name=str, optional_suffix: str | None = None) -> str | None:
+    """What keeps ``given`` tensors from loading strictly into a module whose state dict is
+    ``expected``: "N missing key(s): ...; M unexpected key(s): ...", else the shape mismatches,
+    naming the first few (``name`` spells a key, e.g. under another naming scheme); None when every
+    key is there with its shape. A missing key ending in ``optional_suffix`` is tolerated."""
+    missing = [name(k) for k in expected if k not in given
+               and not (optional_suffix and k.endswith(optional_suffix))]
+    unexpected = [name(k) for k in given if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+    if problems:
+        return "; ".join(problems)
+    shapes = [f"{name(k)} {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
+              for k, v in given.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    return f"{len(shapes)} shape mismatch(es): {_first(shapes)}" if shapes else None
 
 
 def _read_state_dict(path) -> dict[str, torch.Tensor]:

@@ -22,8 +22,8 @@ from torch import nn
 
 from .heads import ASPPClassifier, DAFormerHead, ProjectionHead
 from .layers import STOCHASTIC_MODULES
-from .mit import MIT_CONFIGS, mit
-from .resnet import RESNET_DEPTHS, ResNet
+from .mit import mit
+from .resnet import ResNet
 
 
 class Segmentor(nn.Module):
@@ -199,23 +199,3 @@ def _check_stages(stages: Sequence[int]) -> None:
     stages = tuple(stages)
     if not stages or len(set(stages)) != len(stages) or any(s not in (0, 1, 2, 3) for s in stages):
         raise ValueError(f"projection_stages must be distinct stage indices in 0..3, got {stages}")
-
-
-MODEL_NAMES = tuple([f"daformer_{v}" for v in MIT_CONFIGS]
-                    + [f"deeplabv2_r{d}" for d in RESNET_DEPTHS]
-                    + ["convnet_small"])  # sepico.models.small: the CPU demo's model
-
-
-def build_model(name: str, **kwargs) -> Segmentor:
-    """``build_model("daformer_mit_b5", num_classes=19, proj_dim=256)``; names in
-    ``MODEL_NAMES``, keyword arguments as in ``DAFormer`` / ``DeepLabV2`` / ``SmallConvNet``."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if name == "convnet_small":
-        from .small import SmallConvNet  # imports this module: import it lazily
-
-        return SmallConvNet(**kwargs)
-    family, variant = name.split("_", 1)
-    if family == "daformer":
-        return DAFormer(encoder=variant, **kwargs)
-    return DeepLabV2(depth=int(variant[1:]), **kwargs)

@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sepico.data.names import SOURCES, TARGETS
+
 VARIANTS = ("dist", "proto", "bank", "self_training", "source_only")
 COVARIANCES = ("diag", "full")
 PSEUDO_WEIGHTS = ("dacs", "pixel")
@@ -369,8 +371,6 @@ def _check_finite(cfg: Config) -> None:
 
 def _validate_data(d: DataConfig, choice, positive) -> None:
     """The real-dataset fields of `DataConfig`."""
-    from sepico.train.data import SOURCES, TARGETS
-
     choice("data.source", d.source, SOURCES)
     choice("data.target", d.target, TARGETS)
     for key in ("source_size", "target_size", "test_size", "crop_size", "eval_window", "eval_stride"):

@@ -27,15 +27,12 @@ from sepico.data.cityscapes import IGNORE_INDEX, NUM_CLASSES
 from sepico.data.label_maps import PROTOCOLS
 from sepico.data.rcs import RareClassSampler, load_class_stats
 from sepico.data.night import day_images
-from sepico.data.real import REAL_DATASETS, DatasetError, SegmentationFolder
+from sepico.data.names import SOURCES, TRAINING_TARGETS
+from sepico.data.real import DatasetError, SegmentationFolder
 from sepico.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
 from sepico.data.transforms import aug_sizes, output_size, resize_image, resize_label
 from sepico.train.config import Config, ConfigError
 
-DATASETS = ("synthetic",) + REAL_DATASETS
-SOURCES = ("synthetic", "gta5", "synthia", "cityscapes")   # labelled training images
-TRAINING_TARGETS = ("synthetic", "cityscapes", "dark_zurich")  # unlabelled training images, labelled val split
-TARGETS = TRAINING_TARGETS + ("nighttime_driving", "bdd100k_night")  # evaluation sets (labelled split only)
 CROP_TRIES = 10  # candidate crops for the class-ratio and rare-class conditions (DAFormer: 10)
 
 

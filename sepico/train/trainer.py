@@ -37,7 +37,7 @@ from sepico.data.real import DatasetError
 from sepico.data.transforms import normalize
 from sepico.estimator import ClassDistributionEstimator
 from sepico.evaluation import evaluate
-from sepico.models import build_model, load_pretrained_encoder
+from sepico.models import build_model, load_pretrained_encoder, weight_problems
 from sepico.models.heads import resize_to
 from sepico.train import augment
 from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoints, newest_readable_checkpoint,
@@ -210,14 +210,14 @@ class Trainer:
     def _load_init_checkpoint(self, path) -> None:
         """Start every weight of the model from a sepico weight file (``sepico convert`` output, or
         another run's checkpoint: its student). The class statistics start empty either way."""
-        from sepico.convert import check_weights
-
         state = read_checkpoint(path)
         if "model" not in state:
             raise ConfigError(f"config field 'model.init_checkpoint': {path} holds no model weights")
-        check_weights(self.model.state_dict(), state["model"],
-                      f"config field 'model.init_checkpoint': {path} does not match model {self.cfg.model.name} "
-                      f"(num_classes {self.cfg.model.num_classes}, proj_dim {self.cfg.model.proj_dim})")
+        problems = weight_problems(self.model.state_dict(), state["model"])
+        if problems:
+            m = self.cfg.model
+            raise ConfigError(f"config field 'model.init_checkpoint': {path} does not match model {m.name} "
+                              f"(num_classes {m.num_classes}, proj_dim {m.proj_dim}): {problems}")
         self.model.load_state_dict(state["model"])
         if self.rank == 0:
             print(f"model.init_checkpoint: starting from the {state.get('weights', 'student')} weights in {path}; "

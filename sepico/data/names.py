@@ -1,0 +1,17 @@
+"""Dataset names, by the role a dataset can take in a run.
+
+=====================  ==========================================================================
+``SOURCES``            labelled training images
+``TRAINING_TARGETS``   unlabelled training images, with a labelled split to evaluate on
+``TARGETS``            every dataset a model can be evaluated on (the training targets and the
+                       night evaluation sets)
+=====================  ==========================================================================
+"""
+from sepico.data.real import REAL_DATASETS
+
+DATASETS = ("synthetic",) + REAL_DATASETS
+SOURCES = ("synthetic", "gta5", "synthia", "cityscapes")
+TRAINING_TARGETS = ("synthetic", "cityscapes", "dark_zurich")
+TARGETS = TRAINING_TARGETS + ("nighttime_driving", "bdd100k_night")
+
+__all__ = ["DATASETS", "SOURCES", "TARGETS", "TRAINING_TARGETS"]
