@@ -44,6 +44,7 @@ from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoi
                                      prune_checkpoints, read_checkpoint, remove_stale_temporaries)
 from sepico.train.config import Config, ConfigError
 from sepico.train.data import BatchStream, build_datasets
+from sepico.train.distributed import any_rank, average_gradients, broadcast_from_first, init_distributed
 
 CONTRASTIVE = ("dist", "proto", "bank")
 # What a resumed run may change: nothing that the iterations already computed depend on.
@@ -73,7 +74,6 @@ def changed_fields(stored: dict, current: dict) -> list[str]:
 
 def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
-GRADIENT_BUCKET = 1 << 24  # elements per all-reduce of the averaged gradients
 
 
 class NonFiniteLoss(ConfigError):
@@ -110,17 +110,6 @@ def set_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank). Under torchrun (WORLD_SIZE > 1) this joins the process
-    group: nccl on GPUs, gloo on CPU. A single process returns (0, 1, 0) and joins nothing."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def lr_factor(it: int, max_iters: int, warmup_iters: int, warmup_ratio: float, power: float) -> float:
@@ -167,8 +156,7 @@ class Trainer:
                   "weights (the published runs start from ImageNet weights)", file=sys.stderr, flush=True)
         self.model.activation_checkpointing = cfg.model.activation_checkpointing
         if self.world > 1:  # one set of initial weights (the same seed gives it already; make sure)
-            for tensor in self.model.state_dict().values():
-                dist.broadcast(tensor, 0)
+            broadcast_from_first(self.model.state_dict().values())
         # The EMA teacher: official, training mode with dropout and drop-path off (BatchNorm on
         # the batch in front of it); "running", this project's earlier eval-mode teacher.
         self.teacher = copy.deepcopy(self.model)
@@ -341,6 +329,9 @@ class Trainer:
     # ------------------------------------------------------------------ one iteration
 
     def step(self) -> dict:
+        """One iteration of the official ``forward_train``: the teacher's passes, then the student's
+        source, target and mix passes, each backpropagated at once (one student graph alive at a
+        time), then one optimiser step."""
         m = self.cfg.method
         it = self.iteration
         src_img, src_lbl = (t.to(self.device) for t in self.source.next())
@@ -355,101 +346,87 @@ class Trainer:
         strong = augment.draw_strong(self.gen, strength=m.color_jitter_strength,
                                      jitter_p=m.color_jitter_p, blur_p=m.blur_p)
         log = {}
-
-        # Teacher passes, one domain each.
-        if self_training:
-            tgt_img, pl, pw = self._target_pseudo_labels(tgt_img, days)
-            log["pseudo_weight"] = pw.mean().item()
+        pseudo = None
+        if self_training:  # teacher, one pass per domain
+            tgt_img, *pseudo = self._target_pseudo_labels(tgt_img, days)
+            log["pseudo_weight"] = pseudo[1].mean().item()
         if contrastive:  # every iteration, also before start_distribution_iter
             self._update_distribution(src_img, src_lbl)
+        log |= self._source_pass(src_img, src_lbl, strong, contrast_now)
+        if contrast_now and self_training:
+            log |= self._target_pass(tgt_img, *pseudo, strong)
+        if self_training and m.mix:
+            log |= self._mix_pass(src_img, src_lbl, tgt_img, *pseudo, strong)
+        return self._update(log)
 
-        # Student, strongly augmented source: decode head + cross-entropy; from
-        # start_distribution_iter on also the projection head + contrastive loss.
+    def _source_pass(self, images, labels, strong, contrast: bool) -> dict:
+        """Student, strongly augmented source: decode head + cross-entropy; from
+        start_distribution_iter on also the projection head + contrastive loss."""
         with self._autocast():
-            feats = self.model.encode(normalize(augment.strong_augment(src_img, strong, self.gen)))
-            loss = self._source_ce(self.model.decode(feats), src_lbl)
-        log["loss_ce"] = loss.item()
-        if contrast_now:
+            feats = self.model.encode(normalize(augment.strong_augment(images, strong, self.gen)))
+            loss = self._source_ce(self.model.decode(feats), labels)
+        log = {"loss_ce": loss.item()}
+        if contrast:
             with self._autocast():
                 emb = self.model.project(feats)
-            cl = self._contrastive(emb, src_lbl)
+            cl = self._contrastive(emb, labels)
             log["loss_cl_src"] = cl.item()
             loss = loss + cl
         loss.backward()
-        del feats
+        return log
 
-        # Student, strongly augmented target: encoder + projection head (the decode head never
-        # sees a target-only batch), contrastive loss with the pseudo labels, ignored where the
-        # pseudo weight is 0.
-        if contrast_now and self_training:
-            with self._autocast():
-                feats = self.model.encode(normalize(augment.strong_augment(tgt_img, strong, self.gen)))
-                emb = self.model.project(feats)
-                if m.target_pass == "full":  # the earlier loop: the decode head ran here too
-                    self.model.decode(feats)
-            cl = self._contrastive(emb, torch.where(pw > 0, pl, IGNORE_INDEX))
-            log["loss_cl_tgt"] = cl.item()
-            cl.backward()
-            del feats, emb
+    def _target_pass(self, images, labels, weights, strong) -> dict:
+        """Student, strongly augmented target: encoder + projection head (the decode head never
+        sees a target-only batch), contrastive loss with the pseudo labels, ignored where the
+        pseudo weight is 0."""
+        with self._autocast():
+            feats = self.model.encode(normalize(augment.strong_augment(images, strong, self.gen)))
+            emb = self.model.project(feats)
+            if self.cfg.method.target_pass == "full":  # the earlier loop: the decode head ran here too
+                self.model.decode(feats)
+        cl = self._contrastive(emb, torch.where(weights > 0, labels, IGNORE_INDEX))
+        cl.backward()
+        return {"loss_cl_tgt": cl.item()}
 
-        # ClassMix, encoder + decode head: source classes pasted from the weak source onto the
-        # weak target, then strong augmentation per mixed image; pseudo-weighted cross-entropy.
-        if self_training and m.mix:
-            masks = augment.class_mix_masks(src_lbl, self.gen, per=m.mix_classes)
-            mixed = augment.mix(masks, src_img, tgt_img)
-            mixed = torch.cat([augment.strong_augment(mixed[i:i + 1], strong, self.gen)
-                               for i in range(mixed.shape[0])])
-            mixed_lbl = augment.mix(masks, src_lbl, pl)
-            mixed_w = torch.where(masks, torch.ones_like(pw), pw)
-            with self._autocast():
-                logits = self.model.predict_logits(normalize(mixed))
-                ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl, weight=self.class_prior,
-                                     ignore_index=IGNORE_INDEX, reduction="none")
-            mix_loss = (ce * mixed_w).mean()
-            log["loss_mix"] = mix_loss.item()
-            mix_loss.backward()
+    def _mix_pass(self, src_img, src_lbl, tgt_img, labels, weights, strong) -> dict:
+        """ClassMix, encoder + decode head: source classes pasted from the weak source onto the
+        weak target, then strong augmentation per mixed image; pseudo-weighted cross-entropy."""
+        masks = augment.class_mix_masks(src_lbl, self.gen, per=self.cfg.method.mix_classes)
+        mixed = augment.mix(masks, src_img, tgt_img)
+        mixed = torch.cat([augment.strong_augment(mixed[i:i + 1], strong, self.gen) for i in range(mixed.shape[0])])
+        mixed_lbl = augment.mix(masks, src_lbl, labels)
+        mixed_w = torch.where(masks, torch.ones_like(weights), weights)
+        with self._autocast():
+            logits = self.model.predict_logits(normalize(mixed))
+            ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl, weight=self.class_prior,
+                                 ignore_index=IGNORE_INDEX, reduction="none")
+        loss = (ce * mixed_w).mean()
+        loss.backward()
+        return {"loss_mix": loss.item()}
 
+    def _update(self, log: dict) -> dict:
+        """The optimiser step (gradients averaged over the ranks), or none when a loss is not
+        finite on any rank; the schedule; the ranks' BatchNorm statistics made equal."""
         bad = {k: v for k, v in log.items() if k.startswith("loss") and not math.isfinite(v)}
-        skip = torch.tensor([float(bool(bad))], device=self.device)
-        if self.world > 1:  # every rank skips or stops together
-            dist.all_reduce(skip, op=dist.ReduceOp.MAX)
-        if skip.item():  # no update from this step: the model stays at its last finite state
+        skip = any_rank(bool(bad), self.device) if self.world > 1 else bool(bad)  # every rank alike
+        if skip:  # no update from this step: the model stays at its last finite state
             self.optimizer.zero_grad(set_to_none=True)
             if self.cfg.train.on_nonfinite == "stop":
                 what = ", ".join(f"{k} = {v}" for k, v in bad.items()) or "on another rank"
-                raise NonFiniteLoss(f"non-finite loss at iteration {it + 1} ({what}); stopped with the model "
-                                    "of the last finite step (train.on_nonfinite = \"skip\" skips such steps)")
+                raise NonFiniteLoss(f"non-finite loss at iteration {self.iteration + 1} ({what}); stopped with the "
+                                    "model of the last finite step (train.on_nonfinite = \"skip\" skips such steps)")
             log["skipped"] = 1
         else:
             if self.world > 1:
-                self._average_gradients()
+                average_gradients(self.model.parameters(), self.world)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        if self.world > 1:
-            self._broadcast_buffers()
+        if self.world > 1:  # rank 0's statistics (student and teacher) everywhere
+            broadcast_from_first(list(self.model.buffers()) + list(self.teacher.buffers()))
         self.iteration += 1
         log["lr"] = self.optimizer.param_groups[0]["lr"]
         return log
-
-    def _average_gradients(self) -> None:
-        """The mean of every gradient over the ranks, in flat buckets: what DDP does, without its
-        rule that each forward pass must reach every parameter (the official passes each run only
-        some of the heads)."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        for bucket in _buckets(grads, GRADIENT_BUCKET):
-            flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
-            _unflatten_into(flat.div_(self.world), bucket)
-
-    def _broadcast_buffers(self) -> None:
-        """Rank 0's BatchNorm statistics (student and teacher) to every rank, so that every rank
-        holds the same models."""
-        buffers = list(self.model.buffers()) + list(self.teacher.buffers())
-        for bucket in _buckets(buffers, GRADIENT_BUCKET):
-            flat = torch.cat([b.reshape(-1) for b in bucket])
-            dist.broadcast(flat, 0)
-            _unflatten_into(flat, bucket)
 
     @staticmethod
     def _upsample(logits, label):
@@ -533,13 +510,12 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """A signal seen by any rank stops every rank at the same iteration."""
-        stop = torch.tensor([0 if self._stop_signal is None else self._stop_signal])
+        stop = 0 if self._stop_signal is None else self._stop_signal
         if self.world > 1:
-            stop = stop.to(self.device)
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-            if self._stop_signal is None and int(stop):
-                self._stop_signal = int(stop)
-        return bool(int(stop))
+            stop = any_rank(stop, self.device)
+            if self._stop_signal is None and stop:
+                self._stop_signal = stop
+        return bool(stop)
 
     def _metrics_file(self):
         """metrics.jsonl, without lines from beyond the checkpoint a resumed run starts from and
@@ -661,26 +637,6 @@ def evaluation_prior(cfg: Config) -> torch.Tensor | None:
     if cfg.data.target != "dark_zurich":
         return None
     return dark_zurich_prior(cfg.data.dark_zurich_test_prior, cfg.model.num_classes)
-
-
-def _buckets(tensors, limit: int):
-    """Consecutive runs of same-dtype tensors of at most ``limit`` elements (or one larger tensor)."""
-    bucket, size = [], 0
-    for t in tensors:
-        if bucket and (t.dtype != bucket[0].dtype or size + t.numel() > limit):
-            yield bucket
-            bucket, size = [], 0
-        bucket.append(t)
-        size += t.numel()
-    if bucket:
-        yield bucket
-
-
-def _unflatten_into(flat, tensors) -> None:
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
 
 
 def _progress(total, initial, enabled):
