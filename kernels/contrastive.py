@@ -220,7 +220,7 @@ def contrastive_forward_triton(feats, labels, m, a, weight, ignore_index, want_g
     return per_pixel, grad
 
 
-def _torch_chunk_rows(num_classes: int, dim: int, full: bool) -> int:
+def _loss_chunk_rows(num_classes: int, dim: int, full: bool) -> int:
     # Chunks sized to stay in cache: about 1 MB of float32 rows (256K elements), and for full
     # covariance about 4 MB for z @ A_c of every class (chunk x C x D).
     if full:
@@ -284,7 +284,7 @@ def contrastive_forward_torch(feats, labels, m, a, weight, ignore_index, want_gr
                 else torch.empty(n, dim, dtype=acc, device=feats.device))
     # a_cols[d, c * D + e] = A[c, d, e]: one matmul gives z @ A_c for every class.
     a_cols = a.permute(1, 0, 2).reshape(dim, num_classes * dim) if full else None
-    step = _torch_chunk_rows(num_classes, dim, full)
+    step = _loss_chunk_rows(num_classes, dim, full)
     # [rows, D] scratch, reused: z * z in the forward, then sum_c w p_c A_c in the gradient.
     work = torch.empty(min(step, n), dim, dtype=acc, device=feats.device) if diag else None
     for start in range(0, n, step):

@@ -155,7 +155,7 @@ def moment_partials_triton(feats, order, bounds, num_classes, *, shift=None, wit
             second.sum(0) if second is not None else None)
 
 
-def _torch_chunk_rows(dim: int) -> int:
+def _moments_chunk_rows(dim: int) -> int:
     # About 16 MB of float32 rows per step: the CPU path's extra memory is O(chunk x D).
     return max(256, (1 << 22) // dim)
 
@@ -171,7 +171,7 @@ def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with
               FULL: lambda: torch.zeros(num_classes, dim, dim, dtype=acc, device=feats.device),
               }[second_mode]
     second = second() if second is not None else None
-    step = _torch_chunk_rows(dim)
+    step = _moments_chunk_rows(dim)
     edges = bounds.tolist()
     for c in range(num_classes):
         for start in range(edges[c], edges[c + 1], step):

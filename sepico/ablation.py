@@ -24,7 +24,7 @@ from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_demo.toml"
 TEMPERATURES = (0.1, 100.0)
-CONTRASTIVE = {
+CONTRASTIVE_RUNS = {
     "protocl": ["method.variant=proto"],
     "bankcl": ["method.variant=bank"],
     "distcl_diag": ["method.variant=dist", "method.covariance=diag"],
@@ -42,8 +42,8 @@ PLAIN = {
 }
 # Contrastive variants at the demo's temperature only.
 AT_DEMO_TEMPERATURE = {
-    "distcl_diag_gn": CONTRASTIVE["distcl_diag"] + ["model.encoder_norm=group"],
-    "distcl_diag_earlier_loop": CONTRASTIVE["distcl_diag"] + ["method.teacher_statistics=running",
+    "distcl_diag_gn": CONTRASTIVE_RUNS["distcl_diag"] + ["model.encoder_norm=group"],
+    "distcl_diag_earlier_loop": CONTRASTIVE_RUNS["distcl_diag"] + ["method.teacher_statistics=running",
                                                              "method.target_pass=full"],
 }
 DEMO_TEMPERATURE = 0.1
@@ -80,7 +80,7 @@ def plan(seeds, temperatures=TEMPERATURES, quick=False) -> list[Run]:
         for variant, over in PLAIN.items():
             if not quick or variant in QUICK:
                 runs.append(Run(variant, None, seed, over))
-        for variant, over in CONTRASTIVE.items():
+        for variant, over in CONTRASTIVE_RUNS.items():
             if quick and variant not in QUICK:
                 continue
             for t in temperatures:
@@ -92,7 +92,7 @@ def plan(seeds, temperatures=TEMPERATURES, quick=False) -> list[Run]:
 
 def momentum_runs(results, seeds, temperatures) -> list[Run]:
     best = best_temperature(results, "distcl_diag", temperatures)
-    over = CONTRASTIVE["distcl_diag"] + [f"method.temperature={best}", f"method.momentum={MOMENTUM}"]
+    over = CONTRASTIVE_RUNS["distcl_diag"] + [f"method.temperature={best}", f"method.momentum={MOMENTUM}"]
     return [Run("distcl_diag_momentum", best, seed, over) for seed in seeds]
 
 
@@ -187,13 +187,13 @@ def comparisons(rows) -> list[dict]:
         bases = [] if variant == "source_only" else [("source_only", None)]
         if variant not in ("source_only", "self_training"):
             bases.append(("self_training", None))
-        if variant in CONTRASTIVE or variant == "distcl_diag_momentum":
+        if variant in CONTRASTIVE_RUNS or variant == "distcl_diag_momentum":
             bases.append(("target_pass_no_cl", None))  # a contrastive gradient against the same passes without it
         bases += COUNTERPARTS.get(variant, [])
         wanted += [(key, base) for base in bases if base in by]
-        if variant in CONTRASTIVE and t == TEMPERATURES[0]:
+        if variant in CONTRASTIVE_RUNS and t == TEMPERATURES[0]:
             wanted += [(key, (variant, other)) for other in TEMPERATURES[1:] if (variant, other) in by]
-        if variant in CONTRASTIVE and variant != "protocl" and ("protocl", t) in by:
+        if variant in CONTRASTIVE_RUNS and variant != "protocl" and ("protocl", t) in by:
             wanted.append((key, ("protocl", t)))  # does anything beyond the class mean help?
         if variant == "distcl_diag_momentum" and ("distcl_diag", t) in by:
             wanted.append((key, ("distcl_diag", t)))

@@ -12,6 +12,7 @@ from pathlib import Path
 from sepico.data.names import SOURCES, TARGETS
 
 VARIANTS = ("dist", "proto", "bank", "self_training", "source_only")
+CONTRASTIVE_VARIANTS = ("dist", "proto", "bank")  # the variants with a contrastive loss
 COVARIANCES = ("diag", "full")
 PSEUDO_WEIGHTS = ("dacs", "pixel")
 RATIO_SCHEDULES = ("constant", "linear")

@@ -42,11 +42,10 @@ from sepico.models.heads import resize_to
 from sepico.train import augment
 from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoints, newest_readable_checkpoint,
                                      prune_checkpoints, read_checkpoint, remove_stale_temporaries)
-from sepico.train.config import Config, ConfigError
+from sepico.train.config import CONTRASTIVE_VARIANTS, Config, ConfigError
 from sepico.train.data import BatchStream, build_datasets
 from sepico.train.distributed import any_rank, average_gradients, broadcast_from_first, init_distributed
 
-CONTRASTIVE = ("dist", "proto", "bank")
 # What a resumed run may change: nothing that the iterations already computed depend on.
 RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
                     "train.keep_checkpoints", "train.device", "train.run_dir", "data.num_workers")
@@ -338,7 +337,7 @@ class Trainer:
         tgt_img, _, *days = (t.to(self.device) for t in self.target.next())
         days = days[0] if days else None  # the day image of each night image (method.day_night)
         self.update_teacher()
-        contrastive = m.variant in CONTRASTIVE
+        contrastive = m.variant in CONTRASTIVE_VARIANTS
         self_training = m.variant != "source_only" and it >= m.start_self_training_iter
         contrast_now = contrastive and it >= m.start_distribution_iter
         # One gate draw per iteration for the jitter and one for the blur, shared by every
