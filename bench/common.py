@@ -636,6 +636,15 @@ class Row:
 
 # --------------------------------------------------------------------------- one case, all impls
 
+def check_rows(rows: list[Row]) -> None:
+    """A suite's verdict on one case: every implementation ran, or was legitimately not run
+    (unsupported here, out of memory); a timed row has a median; and at least one row was timed."""
+    failed = [f"{r.impl} {r.mode}: {r.status}" for r in rows
+              if r.status != "ok" and not r.status.startswith(("unsupported", "out of memory"))]
+    assert not failed, "; ".join(failed)
+    assert any(r.status == "ok" and r.median_s is not None for r in rows), "no implementation was timed"
+
+
 def run_case(case: Case, settings: Settings, benchmark=None) -> list[Row]:
     """Measure every implementation of ``case``: memory first (it also says what fits), then
     interleaved timing rounds. Returns one row per (implementation, mode)."""

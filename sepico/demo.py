@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_demo.toml"
 RUNS = (("source_only", "source-only"), ("adapted", "SePiCo (DistCL)"))
@@ -254,15 +253,18 @@ def _iou_keys():
 
 
 @torch.no_grad()
-def predict(model, images, device) -> torch.Tensor:
-    from sepico.data.transforms import normalize
+@torch.no_grad()
+def predict(model, images, device, num_classes: int) -> torch.Tensor:
+    """Train ids [B, H, W] of [0, 1] images: the evaluation's whole-image inference."""
+    from sepico.evaluation import predict_logits
 
     was = model.training
     model.eval()
-    logits = model.predict_logits(normalize(images.to(device)))
-    model.train(was)
-    return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear",
-                         align_corners=False).argmax(1).cpu()
+    try:
+        logits = predict_logits(model, images.to(device), images.shape[-2:], num_classes=num_classes)
+    finally:
+        model.train(was)
+    return logits.argmax(1).cpu()
 
 
 def plot_examples(models: dict, cfg, count: int, path: Path, device) -> None:
@@ -280,7 +282,7 @@ def plot_examples(models: dict, cfg, count: int, path: Path, device) -> None:
                             length=d.test_length, seed=d.seed)
     count = max(1, min(count, len(data)))
     images, labels = map(torch.stack, zip(*[data[i] for i in range(count)]))
-    preds = {key: predict(models[key], images, device) for key, _ in RUNS}
+    preds = {key: predict(models[key], images, device, cfg.model.num_classes) for key, _ in RUNS}
     h, w = images.shape[-2:]
     fig, axes = plt.subplots(count, 4, figsize=(4 * 3.2, count * 3.2 * h / w + 0.6), squeeze=False)
     titles = ["target image", "ground truth", "source-only", "SePiCo (DistCL)"]
