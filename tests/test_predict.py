@@ -205,3 +205,27 @@ def test_eval_aug_test_on_a_fixture_tree(tmp_path, capsys):
     assert result["miou"] == pytest.approx(direct["miou"], abs=1e-9)
     plain = evaluate(model, run_data.TestView(folder, (24, 48)), num_classes=19, batch_size=1)
     assert direct["confusion"] != plain["confusion"]
+
+
+def test_predict_teacher_and_sliding_windows(tmp_path, capsys):
+    student, teacher = tiny_model(6), tiny_model(7)
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes, cfg.model.proj_dim = "deeplabv2_r18", 19, 8
+    ckpt = tmp_path / "ckpt.pt"
+    atomic_save({"config": cfg.to_dict(), "model": student.state_dict(), "teacher": teacher.state_dict(),
+                 "iteration": 5}, ckpt)
+    pixels = write_image(tmp_path / "in" / "x.png", 41, 67, 8)
+    x = torch.from_numpy(pixels).permute(2, 0, 1).float()[None] / 255
+    out = tmp_path / "out"
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--trainids", "--teacher",
+                 "--mode", "slide", "--window", "24,32", "--stride", "16,20", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == "teacher"
+    with torch.no_grad():
+        expected = predict_logits(teacher, x, (41, 67), num_classes=19, mode="slide", window=(24, 32),
+                                  stride=(16, 20)).argmax(1)[0].numpy()
+        whole = predict_logits(teacher, x, (41, 67), num_classes=19).argmax(1)[0].numpy()
+        other = predict_logits(student, x, (41, 67), num_classes=19, mode="slide", window=(24, 32),
+                               stride=(16, 20)).argmax(1)[0].numpy()
+    ids = np.array(Image.open(out / "x_labelTrainIds.png"))
+    np.testing.assert_array_equal(ids, expected)
+    assert not np.array_equal(ids, whole) and not np.array_equal(ids, other)  # windows and weights both matter
