@@ -19,6 +19,9 @@ TILES = ("auto", "gpu")
 FLOAT_FEATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 TRITON_FEATS = (torch.float32, torch.float16, torch.bfloat16)
 INT_LABELS = (torch.int64, torch.int32)
+# The covariance kind, one encoding for every op: none (counts and sums only; ProtoCL), diagonal,
+# full. The kernels take it as an int constexpr (moments' SECOND_MODE, the loss's COV_MODE).
+COV_NONE, COV_DIAG, COV_FULL = 0, 1, 2
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("kernels_backend", default=None)
 _forced_tiles: contextvars.ContextVar[str | None] = contextvars.ContextVar("kernels_tiles", default=None)

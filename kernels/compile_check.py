@@ -33,10 +33,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from ._dispatch import interpreting
-from .contrastive import (DIAG_COV, FULL_COV, NO_COV, _dist_contrastive_kernel, loss_config)
+from ._dispatch import COV_DIAG, COV_FULL, COV_NONE, interpreting
+from .contrastive import _dist_contrastive_kernel, loss_config
 from .distribution import MERGE_NUM_WARPS, _merge_class_distribution_kernel, merge_block_d
-from .moments import DIAG, FULL, NO_SECOND, _class_moment_partials_kernel, moment_config
+from .moments import _class_moment_partials_kernel, moment_config
 
 # Representative sizes: two full-resolution Cityscapes images at output stride 4 (2 x 256 x 512
 # pixels), Cityscapes' 19 classes, and the widest class axis the loss accepts.
@@ -62,7 +62,7 @@ KERNELS = {
     "dist_contrastive": _dist_contrastive_kernel,
 }
 
-COV_NAMES = {NO_COV: "protocl", DIAG_COV: "diag", FULL_COV: "full"}
+COV_NAMES = {COV_NONE: "protocl", COV_DIAG: "diag", COV_FULL: "full"}
 
 
 class Ptr(str):
@@ -142,11 +142,11 @@ def _moment_variants() -> list[Variant]:
     """`moment_partials_triton`, as `class_moments` and both passes of
     `update_class_distribution` call it."""
     # (name, HAS_SHIFT, WITH_TOTAL, SECOND_MODE)
-    calls = [("class_moments diag", False, True, DIAG),
-             ("class_moments full", False, True, FULL),
-             ("update pass1 totals", False, True, NO_SECOND),
-             ("update pass2 diag", True, False, DIAG),
-             ("update pass2 full", True, False, FULL)]
+    calls = [("class_moments diag", False, True, COV_DIAG),
+             ("class_moments full", False, True, COV_FULL),
+             ("update pass1 totals", False, True, COV_NONE),
+             ("update pass2 diag", True, False, COV_DIAG),
+             ("update pass2 full", True, False, COV_FULL)]
     shapes = [(NUM_CLASSES, dim, dtype, "i64") for dim in DIMS for dtype in FEAT_DTYPES]
     shapes += [(NUM_CLASSES, 256, "fp32", "i32"), (MANY_CLASSES, 256, "fp32", "i64")]
     out = []
@@ -164,7 +164,7 @@ def _moment_variants() -> list[Variant]:
                     ("ORDER", Ptr("*i64")), ("BOUNDS", bounds),
                     ("SHIFT", Ptr("*fp32") if has_shift else bounds),
                     ("TOTAL", Ptr("*fp32") if with_total else bounds),
-                    ("SECOND", Ptr("*fp32") if mode != NO_SECOND else bounds),
+                    ("SECOND", Ptr("*fp32") if mode != COV_NONE else bounds),
                     ("C", c), ("D", dim),
                     ("SPLIT", cfg.split), ("BLOCK_N", cfg.block_n), ("BLOCK_D", cfg.block_d),
                     ("HAS_SHIFT", has_shift), ("WITH_TOTAL", with_total), ("SECOND_MODE", mode))
@@ -209,7 +209,7 @@ def _loss_variant(cov_mode, c, dim, dtype, has_grad, *, has_weight=True, label_t
 
 def _loss_variants() -> list[Variant]:
     out = []
-    for cov_mode in (NO_COV, DIAG_COV, FULL_COV):
+    for cov_mode in (COV_NONE, COV_DIAG, COV_FULL):
         for dim in DIMS:
             for has_grad in (True, False):
                 for dtype in FEAT_DTYPES:
@@ -219,11 +219,11 @@ def _loss_variants() -> list[Variant]:
                 out.append(_loss_variant(cov_mode, MANY_CLASSES, dim, "fp32", has_grad))
         out.append(_loss_variant(cov_mode, NUM_CLASSES, 256, "fp32", True, has_weight=False))
     for c in MID_CLASSES:  # the pixel tile shrinks with the class axis: 32 and 16 rows
-        for cov_mode in (NO_COV, DIAG_COV, FULL_COV):
+        for cov_mode in (COV_NONE, COV_DIAG, COV_FULL):
             out.append(_loss_variant(cov_mode, c, 256, "fp32", True))
-    out.append(_loss_variant(DIAG_COV, NUM_CLASSES, 256, "fp32", True, label_t="i32"))
-    out.append(_loss_variant(FULL_COV, NUM_CLASSES, 256, "fp32", True, precision="tf32"))
-    out.append(_loss_variant(DIAG_COV, NUM_CLASSES, 256, "bf16", True, precision="tf32"))
+    out.append(_loss_variant(COV_DIAG, NUM_CLASSES, 256, "fp32", True, label_t="i32"))
+    out.append(_loss_variant(COV_FULL, NUM_CLASSES, 256, "fp32", True, precision="tf32"))
+    out.append(_loss_variant(COV_DIAG, NUM_CLASSES, 256, "bf16", True, precision="tf32"))
     return out
 
 

@@ -27,11 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (check_dim, check_feats, check_label_range, check_labels,
-                        check_same_device, check_stats, interpreter_tiles, poisoned_empty,
+from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, check_dim, check_feats, check_label_range,
+                        check_labels, check_same_device, check_stats, interpreter_tiles, poisoned_empty,
                         resolve_backend)
 
-NO_COV, DIAG_COV, FULL_COV = 0, 1, 2
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -184,7 +183,7 @@ def loss_config(num_classes: int, dim: int, cov_mode: int, interpret: bool | Non
     # at 64-channel chunks), and wide tiles also take 16-channel chunks.
     block_n = max(16, min(64, 2048 // block_c))
     wide = block_n * block_c > 2048
-    if cov_mode == FULL_COV:
+    if cov_mode == COV_FULL:
         # The nested class / chunk loops pipeline badly (spills at num_stages > 1): one stage,
         # 16-channel chunks for the [BLOCK_N, BLOCK_D] product accumulator of z @ A_c (32
         # spilled a few bytes at some dtypes; wide tiles spilled over a kilobyte).
@@ -205,7 +204,7 @@ def contrastive_forward_triton(feats, labels, m, a, weight, ignore_index, want_g
     """Launch the fused kernel: per-pixel losses [N] and, if wanted, the gradient buffer [N, D]."""
     n, dim = feats.shape
     num_classes = m.shape[0]
-    cov_mode = NO_COV if a is None else (FULL_COV if a.dim() == 3 else DIAG_COV)
+    cov_mode = COV_NONE if a is None else (COV_FULL if a.dim() == 3 else COV_DIAG)
     cfg = loss_config(num_classes, dim, cov_mode)
     per_pixel = poisoned_empty(n, device=feats.device)
     grad = poisoned_empty(n, dim, device=feats.device) if want_grad else None

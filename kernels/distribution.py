@@ -18,10 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (check_dim, check_feats, check_label_range, check_labels,
-                        check_same_device, check_stats, interpreter_tiles, poisoned_empty,
+from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, check_dim, check_feats, check_label_range,
+                        check_labels, check_same_device, check_stats, interpreter_tiles, poisoned_empty,
                         resolve_backend, sort_by_class)
-from .moments import (DIAG, FULL, NO_SECOND, moment_partials_torch, moment_partials_triton)
+from .moments import moment_partials_torch, moment_partials_triton
 
 
 @triton.jit
@@ -152,10 +152,10 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
     on_triton = resolve_backend(feats, mean) == "triton"
     partials = moment_partials_triton if on_triton else moment_partials_torch
     with torch.no_grad():  # statistics: detached on every backend
-        total, _ = partials(feats, order, bounds, num_classes, second_mode=NO_SECOND)
+        total, _ = partials(feats, order, bounds, num_classes, second_mode=COV_NONE)
         batch_mean = (total / n_b.clamp(min=1.0)[:, None]).to(mean.dtype)
         _, centred = partials(feats, order, bounds, num_classes, shift=batch_mean, with_total=False,
-                              second_mode=FULL if full else DIAG)
+                              second_mode=COV_FULL if full else COV_DIAG)
         merge = _merge_triton if on_triton else _merge_torch
         return merge(count, mean, cov, n_b, batch_mean, centred.to(mean.dtype))
 

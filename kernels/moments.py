@@ -20,11 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (check_dim, check_feats, check_label_range, check_labels,
-                        check_num_classes, check_same_device, interpreter_tiles, poisoned_empty,
+from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, check_dim, check_feats, check_label_range,
+                        check_labels, check_num_classes, check_same_device, interpreter_tiles, poisoned_empty,
                         resolve_backend, sort_by_class)
-
-NO_SECOND, DIAG, FULL = 0, 1, 2
 
 
 @triton.jit
@@ -111,7 +109,7 @@ def moment_config(n: int, num_classes: int, dim: int, second_mode: int,
                   interpret: bool | None = None) -> MomentConfig:
     """One launch configuration per shape (no autotuning: the bits must not depend on timing)."""
     interpret = interpreter_tiles() if interpret is None else interpret
-    full = second_mode == FULL
+    full = second_mode == COV_FULL
     # tl.dot needs tiles of at least 16; a FULL program holds a BLOCK_D x BLOCK_D accumulator.
     block_d = max(16, min(triton.next_power_of_2(dim), 64 if full else 128))
     if interpret:
@@ -130,17 +128,17 @@ def moment_config(n: int, num_classes: int, dim: int, second_mode: int,
 
 
 def moment_partials_triton(feats, order, bounds, num_classes, *, shift=None, with_total=True,
-                           second_mode=DIAG):
+                           second_mode=COV_DIAG):
     """Launch the kernel and add the SPLIT partials in a fixed order. Returns (total, second)."""
     n, dim = feats.shape
     cfg = moment_config(n, num_classes, dim, second_mode)
     device = feats.device
     total = poisoned_empty(cfg.split, num_classes, dim, device=device) if with_total else None
-    second_shape = {NO_SECOND: None, DIAG: (cfg.split, num_classes, dim),
-                    FULL: (cfg.split, num_classes, dim, dim)}[second_mode]
+    second_shape = {COV_NONE: None, COV_DIAG: (cfg.split, num_classes, dim),
+                    COV_FULL: (cfg.split, num_classes, dim, dim)}[second_mode]
     second = poisoned_empty(*second_shape, device=device) if second_shape else None
     num_d = triton.cdiv(dim, cfg.block_d)
-    grid = (num_classes, cfg.split, num_d * num_d if second_mode == FULL else num_d)
+    grid = (num_classes, cfg.split, num_d * num_d if second_mode == COV_FULL else num_d)
     dummy = bounds  # stands in for absent optional pointers; never dereferenced
     _class_moment_partials_kernel[grid](
         feats, feats.stride(0), feats.stride(1), order, bounds,
@@ -161,14 +159,14 @@ def _moments_chunk_rows(dim: int) -> int:
 
 
 def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with_total=True,
-                          second_mode=DIAG):
+                          second_mode=COV_DIAG):
     """The same reduction in PyTorch: class by class over the grouped pixel order, in chunks."""
     dim = feats.shape[1]
     acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
     total = torch.zeros(num_classes, dim, dtype=acc, device=feats.device) if with_total else None
-    second = {NO_SECOND: None,
-              DIAG: lambda: torch.zeros(num_classes, dim, dtype=acc, device=feats.device),
-              FULL: lambda: torch.zeros(num_classes, dim, dim, dtype=acc, device=feats.device),
+    second = {COV_NONE: None,
+              COV_DIAG: lambda: torch.zeros(num_classes, dim, dtype=acc, device=feats.device),
+              COV_FULL: lambda: torch.zeros(num_classes, dim, dim, dtype=acc, device=feats.device),
               }[second_mode]
     second = second() if second is not None else None
     step = _moments_chunk_rows(dim)
@@ -180,9 +178,9 @@ def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with
                 z -= shift[c]
             if with_total:
                 total[c] += z.sum(0)
-            if second_mode == DIAG:
+            if second_mode == COV_DIAG:
                 second[c] += (z * z).sum(0)
-            elif second_mode == FULL:
+            elif second_mode == COV_FULL:
                 second[c].addmm_(z.T, z)
     return total, second
 
@@ -229,5 +227,5 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         shift = shift.to(acc).contiguous()
     with torch.no_grad():  # statistics, not a differentiable op: detached on every backend
         total, second = impl(feats, order, bounds, num_classes, shift=shift,
-                             second_mode=FULL if full else DIAG)
+                             second_mode=COV_FULL if full else COV_DIAG)
     return count, total, second
