@@ -1,5 +1,6 @@
 """Segmentation models for SePiCo in plain PyTorch: DAFormer (MiT-B0..B5) and DeepLab-V2
-(dilated ResNet-18/50/101), each with the SePiCo projection head."""
+(dilated ResNet-V1c 18/50/101, mmseg's), each with the SePiCo projection head, under the official
+parameter names."""
 from .mit import MIT_CONFIGS, MixVisionTransformer, mit
 from .pretrained import LoadedCheckpoint, load_pretrained_encoder, weight_problems
 from .resnet import RESNET_DEPTHS, ResNet

@@ -1,11 +1,11 @@
 """Load ImageNet weights into an encoder from a local file, with strict key matching.
 
 Never downloads. The file is a state dict, or a dict holding one under ``"state_dict"`` or
-``"model"`` (the SegFormer ``mit_b*.pth`` files and torchvision's ``resnet*.pth`` files are plain
-state dicts). The ImageNet classifier (``head.*`` for MiT, ``fc.*`` for ResNet) is dropped; every
-other key must match the encoder's exactly, in name and shape. The one tolerated absence is
-BatchNorm's ``num_batches_tracked`` counter, which checkpoints saved before PyTorch 0.4 (such as
-torchvision's original ResNet files) do not have.
+``"model"`` (the SegFormer ``mit_b*.pth`` files are plain state dicts, mmcv checkpoints hold one
+under ``"state_dict"``). An ImageNet classifier (``head.*`` for MiT, ``fc.*`` for ResNet) is
+dropped; every other key must match the encoder's exactly, in name and shape. The one tolerated absence is BatchNorm's ``num_batches_tracked`` counter, which checkpoints
+saved before PyTorch 0.4 do not have. ``weight_problems`` is the strict check, shared with the
+conversion of official checkpoints and ``model.init_checkpoint``.
 """
 from __future__ import annotations
 
