@@ -9,6 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["kernels", "kernels.*", "sepico", "sepico.*"]),
+    package_data={"sepico": ["configs/*.toml"]},  # the published and demo configs (configs/ links here)
     install_requires=["torch>=2.4", "triton>=3.2", "numpy", "tqdm", "matplotlib", "Pillow",
                       "opencv-python-headless"],
     entry_points={"console_scripts": ["sepico=sepico.cli:main"]},

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_demo.toml"
+from sepico.demo import DEFAULT_CONFIG
+
 TEMPERATURES = (0.1, 100.0)
 CONTRASTIVE_RUNS = {
     "protocl": ["method.variant=proto"],

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_demo.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_demo.toml"  # package data
 RUNS = (("source_only", "source-only"), ("adapted", "SePiCo (DistCL)"))
 
 

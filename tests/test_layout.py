@@ -85,3 +85,20 @@ def test_kernels_import_nothing_from_sepico():
     modules = _modules("kernels") | _modules("sepico")
     for name, path in _modules("kernels").items():
         assert not {t for t in _imports(name, path, modules) if t.startswith("sepico")}, name
+
+
+def test_configs_are_package_data():
+    """The configs live in the package (a wheel carries them: setup.py's package_data), and the
+    top-level configs/ the README names is a link to them."""
+    import fnmatch
+
+    from sepico.demo import DEFAULT_CONFIG
+
+    package = ROOT / "sepico"
+    assert DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.parent == package / "configs"
+    assert (ROOT / "configs").resolve() == package / "configs"
+    setup = (ROOT / "setup.py").read_text()
+    pattern = 'package_data={"sepico": ["configs/*.toml"]}'
+    assert pattern in setup
+    tomls = sorted(p.relative_to(package).as_posix() for p in (package / "configs").iterdir())
+    assert len(tomls) >= 7 and all(fnmatch.fnmatch(t, "configs/*.toml") for t in tomls)
