@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from sepico.models import weight_problems
+from sepico.models.pretrained import _first
 from sepico.train.checkpoint import atomic_save, read_checkpoint
 from sepico.train.config import Config, ConfigError, ModelConfig, load_config
 
@@ -30,7 +31,6 @@ FORMAT = "sepico-converted-1"
 RENAMES = (("backbone.", "encoder."), ("decode_head.", "decode_head."), ("auxiliary_head.", "projection_head."))
 STUDENT, TEACHER = "model.", "ema_model."
 OTHER_MODELS = ("imnet_model.",)  # DAFormer's ImageNet feature-distance model: not converted
-_SHOWN = 4
 
 
 class ConversionError(ConfigError):
@@ -177,12 +177,6 @@ def _official(key: str) -> str:
         if key.startswith(new):
             return old + key[len(new):]
     return key
-
-
-def _first(keys) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:_SHOWN])
-    return shown + (f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")
 
 
 __all__ = ["FORMAT", "ConversionError", "LoadedModel", "convert", "load_model", "model_widths",

@@ -120,6 +120,13 @@ def aug_probabilities(model, views, label_size, *, num_classes: int, flip: bool 
     return total / count
 
 
+def inference_autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on a GPU when ``enabled``; float32 otherwise (and always on the CPU)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 @torch.no_grad()
 def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", batch_size: int = 2,
              mode: str = "whole", window=(1024, 1024), stride=(768, 768), autocast: bool = False,
@@ -143,8 +150,7 @@ def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", ba
     if progress:
         from tqdm import tqdm
         loader = tqdm(loader, desc="eval", dynamic_ncols=True)
-    cast = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda"
-            else torch.autocast("cpu", enabled=False))
+    cast = inference_autocast(device, autocast)
     try:
         for images, labels in loader:
             with cast:
@@ -179,5 +185,5 @@ def format_table(result: dict, class_names=CLASS_NAMES) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MODES", "aug_probabilities", "confusion_matrix", "evaluate", "format_table", "iou_from_confusion",
-           "predict_logits", "protocol_mious", "slide_logits"]
+__all__ = ["MODES", "aug_probabilities", "confusion_matrix", "evaluate", "format_table", "inference_autocast",
+           "iou_from_confusion", "predict_logits", "protocol_mious", "slide_logits"]

@@ -31,8 +31,9 @@ import torch
 from PIL import Image
 
 from sepico.data.cityscapes import colorize
+from sepico.data.real import DatasetError, image_to_tensor, read_rgb
 from sepico.data.transforms import output_size, resize_image
-from sepico.evaluation import aug_probabilities, predict_logits
+from sepico.evaluation import aug_probabilities, inference_autocast, predict_logits
 from sepico.train.config import ConfigError
 from sepico.train.data import scaled_views
 
@@ -87,16 +88,14 @@ def predict_image(model, pixels: np.ndarray, *, num_classes: int, size=None, kee
     test-time augmentation of ``scales`` / ``flip`` leaves them out, as the official one)."""
     device = torch.device(device)
     height, width = pixels.shape[:2]
-    cast = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast and device.type == "cuda"
-            else torch.autocast("cpu", enabled=False))
-    with cast:
+    with inference_autocast(device, autocast):
         if scales or flip:
             views = [v[None].to(device) for v in scaled_views(pixels, scales or (1.0,), size, keep_ratio)]
             scores = aug_probabilities(model, views, (height, width), num_classes=num_classes, flip=flip,
                                        mode=mode, window=window, stride=stride)
         else:
             resized = resize_image(pixels, output_size(height, width, size, keep_ratio)) if size else pixels
-            image = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float().div_(255.0)[None].to(device)
+            image = image_to_tensor(resized)[None].to(device)
             scores = predict_logits(model, image, (height, width), num_classes=num_classes, mode=mode,
                                     window=window, stride=stride, prior=prior)
     return scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
@@ -122,10 +121,9 @@ def predict_files(model, images, out, *, num_classes: int, trainids: bool = Fals
     try:
         for path, stem in items:
             try:
-                with Image.open(path) as im:
-                    pixels = np.array(im.convert("RGB"))
-            except (OSError, ValueError) as err:
-                print(f"sepico predict: skipping {path}: cannot read the image ({err})", file=sys.stderr, flush=True)
+                pixels = np.array(read_rgb(path))
+            except DatasetError as err:
+                print(f"sepico predict: skipping {err}", file=sys.stderr, flush=True)
                 skipped.append(path)
                 continue
             dark_zurich = path.name.endswith(DARK_ZURICH_SUFFIX)

@@ -121,12 +121,7 @@ class SegmentationFolder(Dataset):
 
     def read_image(self, index: int) -> Image.Image:
         """The image as a PIL RGB image (decoded)."""
-        path = self.images[index]
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read the image ({err})") from None
+        return read_rgb(self.images[index])
 
     def read_label(self, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """Train ids, uint8 [H, W]. ``size`` (W, H), when given, is the size the label must have
@@ -157,8 +152,17 @@ class SegmentationFolder(Dataset):
         return image_to_tensor(image), torch.from_numpy(label.astype(np.int64))
 
 
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float32 [3, H, W] in [0, 1]."""
+def read_rgb(path) -> Image.Image:
+    """An image file decoded to RGB; ``DatasetError`` naming the file when it cannot be."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path}: cannot read the image ({err})") from None
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """PIL RGB image or uint8 [H, W, 3] pixels -> float32 [3, H, W] in [0, 1] (a copy)."""
     array = np.array(image, dtype=np.uint8)  # a writable copy
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
@@ -210,4 +214,4 @@ def _with_rawmode(tile, rawmode):
     return (tile[0], tile[1], tile[2], rawmode)
 
 
-__all__ = ["DatasetError", "REAL_DATASETS", "SegmentationFolder", "image_to_tensor"]
+__all__ = ["DatasetError", "REAL_DATASETS", "SegmentationFolder", "image_to_tensor", "read_rgb"]

@@ -28,7 +28,7 @@ from sepico.data.label_maps import PROTOCOLS
 from sepico.data.rcs import RareClassSampler, load_class_stats
 from sepico.data.night import day_images
 from sepico.data.names import SOURCES, TRAINING_TARGETS
-from sepico.data.real import DatasetError, SegmentationFolder
+from sepico.data.real import DatasetError, SegmentationFolder, image_to_tensor, read_rgb
 from sepico.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
 from sepico.data.transforms import aug_sizes, output_size, resize_image, resize_label
 from sepico.train.config import Config, ConfigError
@@ -247,18 +247,14 @@ class TrainingView(Dataset):
         if self.flip and rng.random() < 0.5:
             pixels, label = pixels[:, ::-1], label[:, ::-1]
             companion = None if companion is None else companion[:, ::-1]
-        item = (_to_tensor(pixels), torch.from_numpy(label.astype(np.int64)))
-        return item if companion is None else item + (_to_tensor(companion),)
+        item = (image_to_tensor(pixels), torch.from_numpy(label.astype(np.int64)))
+        return item if companion is None else item + (image_to_tensor(companion),)
 
     def _companion(self, index: int, size) -> np.ndarray:
         """The companion of image ``index``, resized as the image was (its own keep-ratio rescale,
         or the resize itself); it must come out at the image's ``size``."""
         path = self.companions[index]
-        try:
-            with Image.open(path) as im:
-                pixels = np.asarray(im.convert("RGB"))
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read the image ({err})") from None
+        pixels = np.asarray(read_rgb(path))
         if self.resize:
             pixels = resize_image(pixels, output_size(*pixels.shape[:2], self.resize, self.keep_ratio))
         if pixels.shape[:2] != tuple(size):
@@ -285,10 +281,6 @@ class TrainingView(Dataset):
             if rare_class < 0 or rare > best_rare:  # fallback: the last, or most of the rare class
                 best, best_rare = (y, x), rare
         return best
-
-
-def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a writable copy
 
 
 def _pad(pixels: np.ndarray, label: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
@@ -319,8 +311,7 @@ class TestView(Dataset):
         pixels = np.asarray(image)
         if self.resize:
             pixels = resize_image(pixels, output_size(*pixels.shape[:2], self.resize, self.keep_ratio))
-        image_t = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)
-        return image_t, torch.from_numpy(label.astype(np.int64))
+        return image_to_tensor(pixels), torch.from_numpy(label.astype(np.int64))
 
 
 class ScaledViews(Dataset):
@@ -346,10 +337,7 @@ class ScaledViews(Dataset):
 
 def scaled_views(pixels: np.ndarray, scales, size=None, keep_ratio: bool = False) -> list[torch.Tensor]:
     """uint8 [H, W, 3] -> the float [3, h, w] images in [0, 1] at each test scale (``aug_sizes``)."""
-    views = []
-    for out in aug_sizes(*pixels.shape[:2], size, keep_ratio, scales):
-        views.append(torch.from_numpy(np.array(resize_image(pixels, out))).permute(2, 0, 1).float().div_(255.0))
-    return views
+    return [image_to_tensor(resize_image(pixels, out)) for out in aug_sizes(*pixels.shape[:2], size, keep_ratio, scales)]
 
 
 # --------------------------------------------------------------------------- streams
