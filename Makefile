@@ -21,7 +21,7 @@ test: env
 compile-check: env
 	$(VPY) -m kernels.compile_check
 
-# Benchmarks (README.md, "Benchmarks"): CPU figures on a CPU machine, GPU figures where CUDA is available.
+# Benchmarks (docs/benchmarks.md): CPU figures on a CPU machine, GPU figures where CUDA is available.
 # Results are written afresh to bench/results/<device>-<date>[-quick].{json,md,png}.
 BENCH_THREADS ?= 1
 BENCH_RUN = OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) $(VPY) -m pytest bench -q \
@@ -38,7 +38,7 @@ bench: env
 	$(BENCH_RUN) --bench-set=$(BENCH_SET)
 
 # The README's demo: source-only vs SePiCo (DistCL) on the synthetic domain shift, on CPU
-# (README.md, "Demo"). Writes runs/demo/{summary.json,results.png,examples.png}; demo-seeds runs
+# (docs/demo.md). Writes runs/demo/{summary.json,results.png,examples.png}; demo-seeds runs
 # three seeds and writes their mean and spread to runs/demo-seeds/.
 .PHONY: demo demo-seeds
 DEMO_ARGS ?=
@@ -49,7 +49,7 @@ demo: env
 demo-seeds: env
 	$(VPY) -m sepico.demo --seeds 0 1 2 --out runs/demo-seeds $(DEMO_ARGS)
 
-# GPU readiness in one command (README "GPU check"): the environment (timed), the CUDA tests, the
+# GPU readiness in one command (docs/kernels.md, "GPU check"): the environment (timed), the CUDA tests, the
 # quick benchmark with torch.compile(reference) and bandwidth, the full-resolution training step;
 # bench/results/<device>-<date>-gpu-check.{md,json} and $(GPU_CHECK_OUT) when set. Without CUDA: a
 # dry run of the same steps at tiny sizes on the CPU.
@@ -61,7 +61,7 @@ gpu-check:
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 
-# Ablation on the synthetic benchmark (README.md, "Ablation"): source-only, self-training alone, a
+# Ablation on the synthetic benchmark (docs/ablation.md): source-only, self-training alone, a
 # control with the contrastive loss weighted 0, ProtoCL, BankCL, DistCL diagonal and full at
 # temperatures 0.1 and 100, GroupNorm-encoder variants, DistCL in the earlier loop and DistCL with
 # forgetting statistics, 3 seeds each, with the demo's model and schedule. Each run writes

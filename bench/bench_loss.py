@@ -1,4 +1,4 @@
-"""Distribution-aware pixel contrastive loss (DistCL diagonal and full covariance; ProtoCL):
+"""Pixel contrastive losses (DistCL diagonal and full covariance; ProtoCL; BankCL):
 forward + backward, backward alone, and forward with gradients off, against the eager
 reference loss of sepico/reference.py and the same reference under torch.compile."""
 from bench.common import check_rows

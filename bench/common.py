@@ -58,7 +58,9 @@ MEMORY_MARGIN = 1.5 * 2 ** 30   # left to the rest of the machine when a child s
 
 # Op families and their ops. The loss ops have modes fwd+bwd, bwd (both from one "train"
 # measurement) and fwd (no grad); moments and the update one mode, "forward".
-LOSS_OPS = {"loss ProtoCL": None, "loss DistCL diag": "diag", "loss DistCL full": "full"}
+LOSS_OPS = {"loss ProtoCL": None, "loss DistCL diag": "diag", "loss DistCL full": "full",
+            "loss BankCL": "bank"}
+BANK_LENGTH = 200  # the published memory_length: the queue of every class full
 MOMENT_OPS = {"class_moments diag": "diag", "class_moments full": "full"}
 UPDATE_OPS = {"update_class_distribution diag": "diag", "update_class_distribution full": "full"}
 FAMILY_OPS = {"loss": LOSS_OPS, "moments": MOMENT_OPS, "update": UPDATE_OPS}
@@ -116,7 +118,8 @@ def cases(family: str, set_name: str, device: str = "cpu") -> list[Case]:
         if family == "loss":
             out += [Case("loss", "loss DistCL diag", "train", n, d, dt, impls),
                     Case("loss", "loss DistCL diag", "no_grad", n, d, dt, impls),
-                    Case("loss", "loss DistCL full", "train", n, d, dt, impls)]
+                    Case("loss", "loss DistCL full", "train", n, d, dt, impls),
+                    Case("loss", "loss BankCL", "train", n, d, dt, ("eager", "ours"))]
         elif family == "update":
             out.append(Case("update", "update_class_distribution diag", "forward", n, d, dt,
                             ("onehot",) + impls))
@@ -201,6 +204,9 @@ def make_inputs(case: Case, n: int | None = None, device: str = "cpu", seed: int
         cov = torch.rand(C, case.d, generator=gen) * 1e-2
     count = torch.randint(0, 10_000, (C,), generator=gen).float()
     out = dict(feats=feats, labels=labels, mean=mean, cov=cov, count=count)
+    if cov_kind == "bank":  # every queue full: BANK_LENGTH past batch means near the class mean
+        out["bank"] = F.normalize(mean[:, None] + 0.1 * torch.randn(C, BANK_LENGTH, case.d, generator=gen), dim=2)
+        out["bank_len"] = torch.full((C,), BANK_LENGTH)
     out = {k: v.to(device) for k, v in out.items()}
     out["mean_ref"], out["cov_ref"] = out["mean"].to(dtype), out["cov"].to(dtype)
     return out
@@ -231,7 +237,18 @@ def build(case: Case, impl: str, inputs: dict, backend: str):
     labels, mean, cov = inputs["labels"], inputs["mean"], inputs["cov"]
     mean_r, cov_r = inputs["mean_ref"], inputs["cov_ref"]
     feats = inputs["feats"]
-    if case.family == "loss":
+    if case.family == "loss" and cov_kind == "bank":
+        bank, lengths = inputs["bank"], inputs["bank_len"]
+        if impl == "ours":
+            def run(x):
+                with kernels.backend(backend):
+                    return kernels.bank_contrastive_loss(x, labels, bank, lengths)
+            return run
+        if impl == "eager":  # the public code's per-class loop, on the rows as a 1 x N map
+            queues = list(bank.to(feats.dtype).unbind(0))
+            return lambda x: reference.bank_contrastive_map_reference(
+                x.T.reshape(1, x.shape[1], 1, -1), labels.reshape(1, 1, 1, -1), queues, num_classes=C)
+    elif case.family == "loss":
         cov = None if cov_kind is None else cov
         cov_r = None if cov_kind is None else cov_r
         if impl in ("ours", "ours_tf32"):
@@ -574,7 +591,9 @@ def work(case: Case, mode: str) -> tuple[float, float]:
     backward = 8 * n * d + (6 * n * d if b == 2 else 0)
     kernel_fwd = feats_and_labels + 4 * n
     kernel_grad = kernel_fwd + 4 * n * d
-    flops = {None: (4 * n * C * d, 2 * n * C * d),
+    length = BANK_LENGTH
+    flops = {"bank": (4 * n * (length + C) * d, 2 * n * (length + C) * d),
+             None: (4 * n * C * d, 2 * n * C * d),
              "diag": (8 * n * C * d + 4 * n * d, 4 * n * C * d + n * d),
              "full": (2 * n * C * d * d + 6 * n * C * d, 2 * n * C * d * d + 4 * n * C * d)}[cov]
     if mode == "fwd+bwd":
@@ -779,7 +798,6 @@ def run_case(case: Case, settings: Settings, benchmark=None) -> list[Row]:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        sys.path.insert(0, ROOT)
         print(json.dumps(child_main(json.loads(sys.argv[2]))), flush=True)
     else:
         print("internal: python -m bench.common --child SPEC (run by the suites)", file=sys.stderr)

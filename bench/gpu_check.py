@@ -10,7 +10,7 @@ reported, and the others still run):
 2. the quick benchmark (``pytest bench --bench-set=quick``) on CUDA: eager reference,
    ``torch.compile(reference)`` and ours side by side, with the achieved bandwidth (bytes the op
    must move / median time) and its share of the device's peak, and TFLOP/s;
-3. ``bench/train_gpu.py`` at 1024 x 2048 with D = 512 in bfloat16: peak memory, seconds per
+3. ``python -m bench.train_gpu`` at 1024 x 2048 with D = 512 in bfloat16: peak memory, seconds per
    iteration.
 
 It writes ``bench/results/<device>-<date>-gpu-check.{md,json}`` and, with ``--out`` (default:
@@ -80,7 +80,6 @@ def benchmark(py: str, cuda: bool, tmp: Path) -> dict:
 
 def bandwidth_table(rows: list[dict], device: str) -> list[dict]:
     """Per op, mode and implementation: median, speed-up over eager, GB/s and share of peak."""
-    sys.path.insert(0, str(ROOT))
     from bench import common
 
     peak = common.peak_bytes_per_s(device) if device else None
@@ -112,7 +111,7 @@ def training(py: str, cuda: bool, tmp: Path) -> dict:
     out = tmp / "train.json"
     args = (["--size", "1024x2048", "--dim", "512", "--iters", "3", "--warmup", "1"] if cuda else
             ["--device", "cpu", "--size", "64x128", "--dim", "16", "--iters", "1", "--warmup", "0"])
-    step = _run([py, "bench/train_gpu.py", *args, "--out", str(out)], STEP_LIMIT_S["training"])
+    step = _run([py, "-m", "bench.train_gpu", *args, "--out", str(out)], STEP_LIMIT_S["training"])
     step["result"] = json.loads(out.read_text()) if out.exists() else None
     return step
 
@@ -163,7 +162,6 @@ def main(argv=None) -> int:
     import torch
     import triton
 
-    sys.path.insert(0, str(ROOT))
     from bench import common
 
     cuda = torch.cuda.is_available()

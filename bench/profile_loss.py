@@ -1,30 +1,25 @@
 """Where the time of the diagonal DistCL forward + backward goes on the CPU (torch backend).
 
-    python bench/profile_loss.py            # both parts below, N = 262,144, D = 256, C = 19, 1 thread
+    python -m bench.profile_loss            # both parts below, N = 262,144, D = 256, C = 19, 1 thread
 
 1. ``torch.profiler`` table of one call of the chunked torch path (the GEMMs against the rest).
 2. The [N, D] gradient buffer backed by huge pages (what ``kernels`` does on Linux) against plain
    4 KiB pages, each call preceded by 825 MB of freed temporaries as the eager reference leaves
    them in the benchmark: median and every call's time, with the kernel (system) time per call.
 
-The README's "Benchmarks" section quotes these figures; the benchmark JSON holds the same kernel
+docs/benchmarks.md quotes these figures; the benchmark JSON holds the same kernel
 time per round for the real interleaved runs.
 """
 from __future__ import annotations
 
-import os
 import resource
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # run as a script from a checkout, installed or not
-    sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-import kernels.contrastive as kc  # noqa: E402
+import kernels._dispatch as kd
+import kernels.contrastive as kc
 
 N, D, C, IGNORE = 262144, 256, 19, 255
 
@@ -49,9 +44,9 @@ def profile(args) -> None:
 
 
 def pages(args, calls=12) -> None:
-    huge = kc._empty_hugepage
-    for name, alloc in (("huge pages", huge), ("4 KiB pages", lambda n, d, dtype: torch.empty(n, d, dtype=dtype))):
-        kc._empty_hugepage = alloc
+    huge = kd._advise_huge_pages
+    for name, advise in (("huge pages", huge), ("4 KiB pages", lambda out: None)):
+        kd._advise_huge_pages = advise
         walls, kernel = [], []
         try:
             for _ in range(calls):
@@ -63,7 +58,7 @@ def pages(args, calls=12) -> None:
                 kernel.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_before)
                 del out
         finally:
-            kc._empty_hugepage = huge
+            kd._advise_huge_pages = huge
         walls, kernel = walls[2:], kernel[2:]   # the first two calls warm up
         print(f"{name:12s} median {1e3 * statistics.median(walls):6.1f} ms; calls "
               f"{[round(1e3 * w) for w in walls]} ms; kernel time {[round(1e3 * k) for k in kernel]} ms")

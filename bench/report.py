@@ -13,10 +13,7 @@ import statistics
 import sys
 from dataclasses import asdict
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench import common  # noqa: E402
+from bench import common
 
 MB = 1e6
 MODE_ORDER = {"fwd+bwd": 0, "bwd": 1, "fwd (no grad)": 2, "forward": 3}

@@ -1,11 +1,11 @@
 """The full-resolution SePiCo training iteration of bench/train_memory.py on a GPU: peak
 ``torch.cuda.max_memory_allocated``, iteration time and NVML readings.
 
-    python bench/train_gpu.py                          # 1024 x 2048, all measures on, bfloat16
-    python bench/train_gpu.py --size 512x1024 --case no_checkpointing --iters 5
-    python bench/train_gpu.py --no-amp                 # float32
-    python bench/train_gpu.py --dim 512                # the published projection width
-    python bench/train_gpu.py --device cpu --size 64x128 --iters 1 --warmup 0    # a CPU smoke run
+    python -m bench.train_gpu                          # 1024 x 2048, all measures on, bfloat16
+    python -m bench.train_gpu --size 512x1024 --case no_checkpointing --iters 5
+    python -m bench.train_gpu --no-amp                 # float32
+    python -m bench.train_gpu --dim 512                # the published projection width
+    python -m bench.train_gpu --device cpu --size 64x128 --iters 1 --warmup 0    # a CPU smoke run
 
 Same iteration as the CPU memory table: ``Trainer.step()`` of DAFormer MiT-B5 (random init),
 D = 256, C = 19, 1 source + 1 target image, every loss term on, on a GTA5 -> Cityscapes fixture
@@ -27,9 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_memory import (CASES, DIM, MODEL, SIZES, C, apply_case, budget,  # noqa: E402
-                          iteration_config, write_fixture)
+from bench.train_memory import (CASES, DIM, MODEL, SIZES, C, apply_case, budget, iteration_config,
+                                write_fixture)
 
 GIB = 2 ** 30
 

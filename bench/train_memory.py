@@ -1,10 +1,10 @@
 """Peak process memory of one full SePiCo training iteration on the CPU, with each memory measure
 switched off in turn, and the model's parameter / optimizer / teacher / activation budget.
 
-    python bench/train_memory.py                                # every case, 512 x 1024 and 1024 x 2048
-    python bench/train_memory.py --sizes 512x1024 --cases all_on,no_checkpointing
-    python bench/train_memory.py --budget                       # the byte budget only (no iteration)
-    python bench/train_memory.py --sizes 256x512                # a quick check of every case
+    python -m bench.train_memory                                # every case, 512 x 1024 and 1024 x 2048
+    python -m bench.train_memory --sizes 512x1024 --cases all_on,no_checkpointing
+    python -m bench.train_memory --budget                       # the byte budget only (no iteration)
+    python -m bench.train_memory --sizes 256x512                # a quick check of every case
 
 The iteration is ``Trainer.step()`` of DAFormer MiT-B5 (random init), D = 256, C = 19, float32,
 batch 1 source + 1 target image of the given size, DistCL with the contrastive losses, pseudo
@@ -43,11 +43,9 @@ import time
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout, installed or not
-    sys.path.insert(0, str(ROOT))
+from bench.common import status_kb
 
-from bench.common import status_kb  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CASES = ("all_on", "no_checkpointing", "reference_losses", "teacher_grad")
 SIZES = {"256x512": (256, 512), "512x1024": (512, 1024), "1024x2048": (1024, 2048)}
@@ -197,7 +195,7 @@ def budget(trainer) -> dict:
         "gradient_bytes": params,
         "optimizer_bytes": nbytes(state) if state else 2 * params,
         "teacher_bytes": nbytes(teacher.parameters()) + nbytes(teacher.buffers()),
-        "estimator_bytes": nbytes(trainer.estimator.state_dict().values()),
+        "estimator_bytes": nbytes(trainer.sepico.state_dict().values()),
     }
 
 
@@ -237,8 +235,8 @@ def _child(args) -> None:
 def _run_case(case, size, root, limit_gib, budget_only=False) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", KERNELS_BACKEND="torch")
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, __file__, "--child", case, "--size", size, "--root", str(root)]
-    proc = subprocess.Popen(cmd + (["--budget"] if budget_only else []), env=env,
+    cmd = [sys.executable, "-m", "bench.train_memory", "--child", case, "--size", size, "--root", str(root)]
+    proc = subprocess.Popen(cmd + (["--budget"] if budget_only else []), env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stopped, highest = [], [0]
 

@@ -1,5 +1,7 @@
-"""Triton kernels for SePiCo: per-class moments, class-distribution updates and the fused
-distribution-aware contrastive loss. Depends on torch and triton only.
+"""Triton kernels for SePiCo: per-class moments, class-distribution updates, the fused
+distribution-aware contrastive loss and the memory-bank contrastive loss. Depends on torch and
+triton only. Every op takes pixel embeddings as rows [N, D] or as a whole [B, D, h, w] map (one
+launch, read in place; the losses write their gradient in the map's layout).
 
 CUDA tensors run the Triton kernels; CPU tensors run a chunked PyTorch path with the same memory
 behaviour. ``KERNELS_BACKEND`` (``auto``, ``triton``, ``torch``) or ``with kernels.backend(...)``
@@ -8,10 +10,14 @@ the real kernels on CPU tensors through the Triton interpreter, with large inter
 ``with kernels.tiles("gpu")`` (or ``KERNELS_TILES=gpu``) makes it run the GPU launch
 configurations instead.
 """
-from ._dispatch import backend, interpreting, requested_backend, tiles
+from ._dispatch import (backend, check_label_range, check_num_classes, interpreting,
+                        mark_labels_checked, requested_backend, tiles)
+from .bank import bank_contrastive_loss
 from .contrastive import dist_contrastive_loss
 from .distribution import merge_class_moments, update_class_distribution
 from .moments import class_moments
 
-__all__ = ["backend", "class_moments", "dist_contrastive_loss", "interpreting",
-           "merge_class_moments", "requested_backend", "tiles", "update_class_distribution"]
+__all__ = ["backend", "bank_contrastive_loss", "check_label_range", "check_num_classes",
+           "class_moments", "dist_contrastive_loss", "interpreting", "mark_labels_checked",
+           "merge_class_moments",
+           "requested_backend", "tiles", "update_class_distribution"]

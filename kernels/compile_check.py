@@ -3,8 +3,9 @@ report. No GPU is needed:
 
     python -m kernels.compile_check [--jobs N] [--arch 80,90] [--only TEXT]
 
-Each kernel is compiled at representative shapes with the launch configuration its launcher would
-use (the same `moment_config`, `merge_block_d` and `loss_config`, compiled-path branch) and with
+Each kernel is compiled at representative shapes with the launch its op module describes (the
+same `moment_launch`, `merge_launch`, `loss_launch` and `bank_launch` the launchers call, compiled-path branch,
+with pointer stand-ins for the tensors: no second copy of any argument list) and with
 the argument specialisation Triton's launcher applies at run time: integer arguments equal to 1
 become constants (a contiguous tensor's last stride), integers divisible by 16 and tensor pointers
 carry a divisibility-16 hint. The PTX is then run through the wheel's own `ptxas -v` (CUDA 12.9
@@ -33,14 +34,17 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from ._dispatch import COV_DIAG, COV_FULL, COV_NONE, interpreting
-from .contrastive import _dist_contrastive_kernel, loss_config
-from .distribution import MERGE_NUM_WARPS, _merge_class_distribution_kernel, merge_block_d
-from .moments import _class_moment_partials_kernel, moment_config
+from ._dispatch import COV_DIAG, COV_FULL, COV_NONE, Launch, PixelLayout, interpreting
+from .bank import MAX_TRITON_CLASSES as MAX_BANK_CLASSES
+from .bank import _bank_contrastive_kernel, bank_launch
+from .contrastive import _dist_contrastive_kernel, loss_launch
+from .distribution import _merge_class_distribution_kernel, merge_launch
+from .moments import _class_moment_partials_kernel, moment_launch
 
 # Representative sizes: two full-resolution Cityscapes images at output stride 4 (2 x 256 x 512
 # pixels), Cityscapes' 19 classes, and the widest class axis the loss accepts.
-N_PIXELS = 262_144
+BATCH, HEIGHT, WIDTH = 2, 256, 512
+N_PIXELS = BATCH * HEIGHT * WIDTH
 NUM_CLASSES = 19
 MANY_CLASSES = 256
 MID_CLASSES = (64, 128)
@@ -60,6 +64,7 @@ KERNELS = {
     "class_moment_partials": _class_moment_partials_kernel,
     "merge_class_distribution": _merge_class_distribution_kernel,
     "dist_contrastive": _dist_contrastive_kernel,
+    "bank_contrastive": _bank_contrastive_kernel,
 }
 
 COV_NAMES = {COV_NONE: "protocl", COV_DIAG: "diag", COV_FULL: "full"}
@@ -74,8 +79,7 @@ class Variant:
     kernel: str            # key of KERNELS
     label: str             # what the variant stands for, as printed in the table
     args: tuple            # (argument name, Ptr | int | constexpr value) in launch order
-    num_warps: int
-    num_stages: int | None  # None: Triton's default, as when the launcher does not pass one
+    options: dict          # compile options of the launch (`Launch.options`)
 
 
 @dataclass
@@ -138,6 +142,25 @@ def parse_cuobjdump(text: str) -> dict:
 
 # --------------------------------------------------------------------------- variants
 
+def rows_layout(dim: int) -> PixelLayout:
+    """Contiguous rows [N_PIXELS, D] (`kernels._dispatch.pixel_layout` of such a tensor)."""
+    return PixelLayout(rows=True, batch=1, hw=N_PIXELS, stride_b=0, stride_p=dim, stride_d=1)
+
+
+def map_layout(dim: int) -> PixelLayout:
+    """A contiguous map [BATCH, D, HEIGHT, WIDTH], as the projection head emits it."""
+    hw = HEIGHT * WIDTH
+    return PixelLayout(rows=False, batch=BATCH, hw=hw, stride_b=dim * hw, stride_p=1, stride_d=hw)
+
+
+LAYOUTS = {"rows": rows_layout, "map": map_layout}
+
+
+def _variant(launch: Launch, label: str) -> Variant:
+    kernel = next(k for k, fn in KERNELS.items() if fn is launch.kernel)
+    return Variant(kernel, label, launch.args, launch.options)
+
+
 def _moment_variants() -> list[Variant]:
     """`moment_partials_triton`, as `class_moments` and both passes of
     `update_class_distribution` call it."""
@@ -147,30 +170,26 @@ def _moment_variants() -> list[Variant]:
              ("update pass1 totals", False, True, COV_NONE),
              ("update pass2 diag", True, False, COV_DIAG),
              ("update pass2 full", True, False, COV_FULL)]
-    shapes = [(NUM_CLASSES, dim, dtype, "i64") for dim in DIMS for dtype in FEAT_DTYPES]
-    shapes += [(NUM_CLASSES, 256, "fp32", "i32"), (MANY_CLASSES, 256, "fp32", "i64")]
+    shapes = [(NUM_CLASSES, dim, dtype, "i64", layout) for dim in DIMS for dtype in FEAT_DTYPES
+              for layout in LAYOUTS]
+    shapes += [(NUM_CLASSES, 256, "fp32", "i32", "map"), (MANY_CLASSES, 256, "fp32", "i64", "map")]
     out = []
     for name, has_shift, with_total, mode in calls:
-        for c, dim, dtype, label_t in shapes:
+        for c, dim, dtype, label_t, layout in shapes:
             if label_t == "i32" and name != "class_moments diag":
                 continue  # int32 labels change one pointer type: checked once
             if c == MANY_CLASSES and name not in ("class_moments diag", "class_moments full"):
                 continue
-            cfg = moment_config(N_PIXELS, c, dim, mode, interpret=False)
-            # sort_by_class: ORDER is torch.sort's int64 indices, BOUNDS has the labels' dtype;
-            # absent optional pointers are replaced by BOUNDS.
-            bounds = Ptr(f"*{label_t}")
-            args = (("Z", Ptr(f"*{dtype}")), ("stride_zn", dim), ("stride_zd", 1),
-                    ("ORDER", Ptr("*i64")), ("BOUNDS", bounds),
-                    ("SHIFT", Ptr("*fp32") if has_shift else bounds),
-                    ("TOTAL", Ptr("*fp32") if with_total else bounds),
-                    ("SECOND", Ptr("*fp32") if mode != COV_NONE else bounds),
-                    ("C", c), ("D", dim),
-                    ("SPLIT", cfg.split), ("BLOCK_N", cfg.block_n), ("BLOCK_D", cfg.block_d),
-                    ("HAS_SHIFT", has_shift), ("WITH_TOTAL", with_total), ("SECOND_MODE", mode))
-            label = (f"{name} D={dim} C={c} {dtype} labels={label_t} "
-                     f"[N{cfg.block_n} D{cfg.block_d} S{cfg.split}]")
-            out.append(Variant("class_moment_partials", label, args, cfg.num_warps, cfg.num_stages))
+            # sort_by_class: ORDER is torch.sort's int64 indices, BOUNDS has the labels' dtype.
+            f32 = Ptr("*fp32")
+            launch = moment_launch(Ptr(f"*{dtype}"), Ptr("*i64"), Ptr(f"*{label_t}"),
+                                   f32 if has_shift else None, f32 if with_total else None,
+                                   f32 if mode != COV_NONE else None, z=LAYOUTS[layout](dim),
+                                   n=N_PIXELS, num_classes=c, dim=dim, second_mode=mode)
+            cfg = dict(launch.args)
+            label = (f"{name} D={dim} C={c} {dtype} {layout} labels={label_t} "
+                     f"[N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} S{cfg['SPLIT']}]")
+            out.append(_variant(launch, label))
     return out
 
 
@@ -179,32 +198,27 @@ def _merge_variants() -> list[Variant]:
     out = []
     for full in (False, True):
         for dim in DIMS:
-            block_d = merge_block_d(dim, full)
-            names = ("COUNT", "MEAN", "COV", "BATCH_COUNT", "BATCH_MEAN", "BATCH_CENTRED",
-                     "OUT_COUNT", "OUT_MEAN", "OUT_COV")
-            args = tuple((n, Ptr("*fp32")) for n in names) + (
-                ("D", dim), ("FULL", full), ("BLOCK_D", block_d))
-            label = f"merge {'full' if full else 'diag'} D={dim} [D{block_d}]"
-            out.append(Variant("merge_class_distribution", label, args, MERGE_NUM_WARPS, None))
+            launch = merge_launch(*[Ptr("*fp32")] * 9, num_classes=NUM_CLASSES, dim=dim, full=full)
+            label = f"merge {'full' if full else 'diag'} D={dim} [D{dict(launch.args)['BLOCK_D']}]"
+            out.append(_variant(launch, label))
     return out
 
 
-def _loss_variant(cov_mode, c, dim, dtype, has_grad, *, has_weight=True, label_t="i64",
-                  precision="ieee") -> Variant:
-    """`contrastive_forward_triton`: absent weight / gradient / covariance pointers are replaced
-    by the float32 per-pixel output or by M, so every pointer but Z and Y is float32."""
-    cfg = loss_config(c, dim, cov_mode, interpret=False)
-    args = (("Z", Ptr(f"*{dtype}")), ("stride_zn", dim), ("stride_zd", 1), ("Y", Ptr(f"*{label_t}")),
-            ("W", Ptr("*fp32")), ("M", Ptr("*fp32")), ("A", Ptr("*fp32")), ("LOSS", Ptr("*fp32")),
-            ("G", Ptr("*fp32")), ("N", N_PIXELS), ("C", c), ("D", dim), ("ignore_index", IGNORE_INDEX),
-            ("BLOCK_N", cfg.block_n), ("BLOCK_C", cfg.block_c), ("BLOCK_D", cfg.block_d),
-            ("COV_MODE", cov_mode), ("HAS_WEIGHT", has_weight), ("HAS_GRAD", has_grad),
-            ("PRECISION", precision))
-    label = (f"loss {COV_NAMES[cov_mode]} {'fwd+grad' if has_grad else 'fwd'} D={dim} C={c} {dtype}"
-             f"{'' if has_weight else ' noweight'}{'' if label_t == 'i64' else ' labels=' + label_t}"
+def _loss_variant(cov_mode, c, dim, dtype, has_grad, *, layout="map", has_weight=True,
+                  label_t="i64", precision="ieee") -> Variant:
+    """`contrastive_forward_triton`: every pointer but Z and Y is float32."""
+    f32 = Ptr("*fp32")
+    z = LAYOUTS[layout](dim)
+    launch = loss_launch(Ptr(f"*{dtype}"), Ptr(f"*{label_t}"), f32 if has_weight else None, f32,
+                         None if cov_mode == COV_NONE else f32, f32, f32 if has_grad else None,
+                         z=z, num_classes=c, dim=dim,
+                         ignore_index=IGNORE_INDEX, cov_mode=cov_mode, precision=precision)
+    cfg = dict(launch.args)
+    label = (f"loss {COV_NAMES[cov_mode]} {'fwd+grad' if has_grad else 'fwd'} D={dim} C={c} {dtype} "
+             f"{layout}{'' if has_weight else ' noweight'}{'' if label_t == 'i64' else ' labels=' + label_t}"
              f"{'' if precision == 'ieee' else ' ' + precision} "
-             f"[N{cfg.block_n} C{cfg.block_c} D{cfg.block_d}]")
-    return Variant("dist_contrastive", label, args, cfg.num_warps, cfg.num_stages)
+             f"[N{cfg['BLOCK_N']} C{cfg['BLOCK_C']} D{cfg['BLOCK_D']}]")
+    return _variant(launch, label)
 
 
 def _loss_variants() -> list[Variant]:
@@ -213,7 +227,9 @@ def _loss_variants() -> list[Variant]:
         for dim in DIMS:
             for has_grad in (True, False):
                 for dtype in FEAT_DTYPES:
-                    out.append(_loss_variant(cov_mode, NUM_CLASSES, dim, dtype, has_grad))
+                    for layout in LAYOUTS:
+                        out.append(_loss_variant(cov_mode, NUM_CLASSES, dim, dtype, has_grad,
+                                                 layout=layout))
                 # The large-class configuration (smaller pixel tile, more warps); the feature
                 # dtype only changes one load, so float32 stands for both here.
                 out.append(_loss_variant(cov_mode, MANY_CLASSES, dim, "fp32", has_grad))
@@ -222,13 +238,40 @@ def _loss_variants() -> list[Variant]:
         for cov_mode in (COV_NONE, COV_DIAG, COV_FULL):
             out.append(_loss_variant(cov_mode, c, 256, "fp32", True))
     out.append(_loss_variant(COV_DIAG, NUM_CLASSES, 256, "fp32", True, label_t="i32"))
-    out.append(_loss_variant(COV_FULL, NUM_CLASSES, 256, "fp32", True, precision="tf32"))
-    out.append(_loss_variant(COV_DIAG, NUM_CLASSES, 256, "bf16", True, precision="tf32"))
+    for layout in LAYOUTS:
+        out.append(_loss_variant(COV_FULL, NUM_CLASSES, 256, "fp32", True, layout=layout, precision="tf32"))
+        out.append(_loss_variant(COV_DIAG, NUM_CLASSES, 256, "bf16", True, layout=layout, precision="tf32"))
+    return out
+
+
+BANK_LENGTHS = (200, 32)  # the published memory_length, and a short queue (32-pixel tiles)
+
+
+def _bank_variants() -> list[Variant]:
+    """`bank_forward_triton`: ORDER int64, BOUNDS the labels' dtype, LEN int64, the rest float32."""
+    out = []
+    for length in BANK_LENGTHS:
+        for dim in DIMS:
+            for has_grad in (True, False):
+                for dtype in FEAT_DTYPES:
+                    for layout in LAYOUTS:
+                        wide = (NUM_CLASSES, MAX_BANK_CLASSES)
+                        for c in wide if (dtype, layout) == ("fp32", "map") else (NUM_CLASSES,):
+                            f32 = Ptr("*fp32")
+                            launch = bank_launch(Ptr(f"*{dtype}"), Ptr("*i64"), Ptr("*i64"), f32,
+                                                 Ptr("*i64"), f32, f32, f32 if has_grad else None,
+                                                 z=LAYOUTS[layout](dim), n=N_PIXELS, num_classes=c,
+                                                 length=length, dim=dim)
+                            cfg = dict(launch.args)
+                            label = (f"bank {'fwd+grad' if has_grad else 'fwd'} L={length} D={dim} C={c} "
+                                     f"{dtype} {layout} [N{cfg['BLOCK_N']} C{cfg['BLOCK_C']} "
+                                     f"L{cfg['BLOCK_L']} D{cfg['BLOCK_D']} S{cfg['SPLIT']}]")
+                            out.append(_variant(launch, label))
     return out
 
 
 def all_variants() -> list[Variant]:
-    return _moment_variants() + _merge_variants() + _loss_variants()
+    return _moment_variants() + _merge_variants() + _loss_variants() + _bank_variants()
 
 
 # --------------------------------------------------------------------------- compiling
@@ -292,7 +335,7 @@ def compile_key(variant: Variant) -> tuple:
     values, such as D = 64 and D = 256 at the same block sizes): compile them once."""
     signature, constexprs, attrs = _specialise(KERNELS[variant.kernel], variant.args)
     return (variant.kernel, tuple(signature.items()), repr(sorted(constexprs.items())),
-            repr(sorted(attrs.items())), variant.num_warps, variant.num_stages)
+            repr(sorted(attrs.items())), repr(sorted(variant.options.items())))
 
 
 def merge_labels(labels: list[str]) -> str:
@@ -316,20 +359,18 @@ def unique_variants(variants: list[Variant]) -> list[Variant]:
     groups: dict[tuple, list[Variant]] = {}
     for v in variants:
         groups.setdefault(compile_key(v), []).append(v)
-    return [Variant(g[0].kernel, merge_labels([v.label for v in g]), g[0].args, g[0].num_warps,
-                    g[0].num_stages) for g in groups.values()]
+    return [Variant(g[0].kernel, merge_labels([v.label for v in g]), g[0].args, g[0].options)
+            for g in groups.values()]
 
 
 def check_variant(variant: Variant, arch: int) -> Result:
     """Compile one variant for one architecture and read its resource use."""
-    res = Result(variant.kernel, variant.label, arch, variant.num_warps)
+    res = Result(variant.kernel, variant.label, arch, variant.options["num_warps"])
     start = time.perf_counter()
     try:
         fn = KERNELS[variant.kernel]
         signature, constexprs, attrs = _specialise(fn, variant.args)
-        options = {"num_warps": variant.num_warps}
-        if variant.num_stages is not None:
-            options["num_stages"] = variant.num_stages
+        options = dict(variant.options)
         compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs,
                                             attrs=attrs),
                                   target=GPUTarget("cuda", arch, 32), options=options)

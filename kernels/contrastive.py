@@ -12,26 +12,25 @@ and the per-pixel loss and its gradient are
 
 A program owns BLOCK_N pixels and the whole padded class axis, so the logsumexp stays in
 registers (no cross-program merge, no atomics). It walks D in BLOCK_D chunks twice: once to
-build the BLOCK_N x BLOCK_C logits with tl.dot, once to write w_i * dl_i/dz_i into its own [N, D]
-float32 buffer. The backward only scales that buffer by grad_output. Nothing N x C x D exists:
+build the BLOCK_N x BLOCK_C logits with tl.dot, once to write w_i * dl_i/dz_i into a float32
+buffer shaped like the input. The input is rows [N, D] or a whole [B, D, h, w] map in one launch
+(`PixelLayout`, any strides), and the buffer has the map's layout, so it becomes the gradient
+autograd hands on: the backward only scales it by grad_output (float32 input: no copy). Nothing N x C x D exists:
 the full-covariance products A_c z are formed one class and one BLOCK_D column chunk at a time.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import sys
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, check_dim, check_feats, check_label_range,
-                        check_labels, check_same_device, check_stats, interpreter_tiles, poisoned_empty,
-                        resolve_backend)
-
-REDUCTIONS = ("mean", "sum", "none")
+from ._pixel_loss import REDUCTIONS, PixelLossParams, check_loss_options, pixel_loss
+from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, Launch, Memo, check_dim, check_feats,
+                        check_label_range, check_labels, check_pixel_values, check_same_device,
+                        check_stats, gradient_buffer, image_rows, interpreter_tiles, pixel_layout,
+                        pixel_map, pixel_shape, poisoned_empty, resolve_backend)
 
 
 @triton.jit
@@ -53,14 +52,15 @@ def _cov_times_z(z_rows, stride_zd, mask_n, A_c, offs_j, mask_j, D,
 
 @triton.jit
 def _dist_contrastive_kernel(
-    Z, stride_zn, stride_zd,   # feats [N, D], any strides, float32 / float16 / bfloat16
-    Y,                         # labels [N] int32 / int64
+    Z,                         # feats, float32 / float16 / bfloat16, in a PixelLayout:
+    stride_zb, stride_zp, stride_zd,  # rows [N, D] or a map [B, D, h, w] (image, pixel, channel)
+    Y,                         # labels [N] int32 / int64, pixels in (image, row, column) order
     W,                         # per-pixel weights [N] float32 (HAS_WEIGHT)
     M,                         # [C, D] float32: mean / tau
     A,                         # [C, D] or [C, D, D] float32: r / (2 tau^2) covariance (COV_MODE)
     LOSS,                      # [N] float32 out: w_i * l_i, 0 at ignored pixels
-    G,                         # [N, D] float32 out, contiguous: w_i * dl_i/dz_i (HAS_GRAD)
-    N, C, D,                   # pixels, classes, channels
+    G,                         # float32 out shaped like feats, contiguous: w_i * dl_i/dz_i (HAS_GRAD)
+    HW, C, D,                  # pixels per image, classes, channels
     ignore_index,              # label of pixels that contribute nothing
     BLOCK_N: tl.constexpr,     # pixels per program
     BLOCK_C: tl.constexpr,     # padded class axis (power of two >= max(C, 16))
@@ -69,18 +69,28 @@ def _dist_contrastive_kernel(
     HAS_WEIGHT: tl.constexpr,  # multiply loss and gradient by W
     HAS_GRAD: tl.constexpr,    # write G (feats requires grad)
     PRECISION: tl.constexpr,   # tl.dot input precision: "ieee" (exact fp32) or "tf32"
+    MAP: tl.constexpr,         # a [B, D, h, w] map with a contiguous map G; else rows [N, D]
 ):
     """Per-pixel loss and gradient of the distribution-aware contrastive loss."""
+    # Grid (pixel blocks, images): a program's pixels are consecutive pixels of one image.
     start = tl.program_id(0).to(tl.int64) * BLOCK_N
-    Z += start * stride_zn
+    if MAP:
+        image = tl.program_id(1).to(tl.int64)
+        Y += image * HW
+        LOSS += image * HW
+        W += image * HW
+        Z += image * stride_zb
+        G += image * D * HW
     Y += start
     LOSS += start
-    G += start * D
+    W += start
+    Z += start * stride_zp
+    G += start if MAP else start * D
     offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N - start
+    mask_n = offs_n < HW - start
     # Row pointers with 64-bit in-block offsets (and 64-bit channel offsets below): a strided
-    # view's (BLOCK_N - 1) * stride_zn or (D - 1) * stride_zd may pass 2^31.
-    z_rows = Z + offs_n.to(tl.int64)[:, None] * stride_zn
+    # view's (BLOCK_N - 1) * stride_zp or a map's (D - 1) * stride_zd may pass 2^31.
+    z_rows = Z + offs_n.to(tl.int64)[:, None] * stride_zp
     y = tl.load(Y + offs_n, mask=mask_n, other=ignore_index)
     valid = mask_n & (y != ignore_index)
     y = tl.where(valid, y, 0)
@@ -123,7 +133,7 @@ def _dist_contrastive_kernel(
     lin_y = tl.sum(tl.where(is_y, lin, 0.0), axis=1)
     loss = row_max + tl.log(denom) - lin_y
     if HAS_WEIGHT:
-        wt = tl.load(W + start + offs_n, mask=valid, other=0.0).to(tl.float32)
+        wt = tl.load(W + offs_n, mask=valid, other=0.0).to(tl.float32)
         loss = loss * wt
     else:
         wt = tl.full([BLOCK_N], 1.0, tl.float32)
@@ -153,8 +163,11 @@ def _dist_contrastive_kernel(
                                      A + c * D * D, offs_d, mask_d, D, BLOCK_N, BLOCK_D, PRECISION)
                     g += (2.0 * p_c)[:, None] * u
             g = tl.where(valid[:, None], g, 0.0)
-            tl.store(G + offs_n[:, None] * D + offs_d[None, :], g,
-                     mask=mask_n[:, None] & mask_d[None, :])
+            if MAP:  # [B, D, h, w]; 64-bit: (D - 1) h w may pass 2^31
+                g_ptrs = G + offs_n[:, None] + offs_d.to(tl.int64)[None, :] * HW
+            else:  # a [BLOCK_N, D] block of rows [N, D]
+                g_ptrs = G + offs_n[:, None] * D + offs_d[None, :]
+            tl.store(g_ptrs, g, mask=mask_n[:, None] & mask_d[None, :])
 
 
 @dataclass(frozen=True)
@@ -164,10 +177,13 @@ class LossConfig:
     block_d: int
     num_warps: int
     num_stages: int
+    maxnreg: int | None = None
 
 
-def loss_config(num_classes: int, dim: int, cov_mode: int, interpret: bool | None = None) -> LossConfig:
-    """One launch configuration per shape; the compile check reads the same one."""
+def loss_config(num_classes: int, dim: int, cov_mode: int, strided_channels: bool = False,
+                interpret: bool | None = None) -> LossConfig:
+    """One launch configuration per shape (``strided_channels``: the features are a map, channel
+    stride h w, not 1); `loss_launch` picks it, so the compile check reads the same one."""
     interpret = interpreter_tiles() if interpret is None else interpret
     block_c = max(16, triton.next_power_of_2(num_classes))
     if interpret:
@@ -183,6 +199,17 @@ def loss_config(num_classes: int, dim: int, cov_mode: int, interpret: bool | Non
     # at 64-channel chunks), and wide tiles also take 16-channel chunks.
     block_n = max(16, min(64, 2048 // block_c))
     wide = block_n * block_c > 2048
+    if strided_channels:
+        # A map's channels are h w elements apart, so a z element needs its own 64-bit address
+        # where rows need one per vector: the rows tiles spilled 8-184 bytes on sm_80 / sm_90 at
+        # a map (python -m kernels.compile_check); at most 32 pixels and 16-channel chunks over
+        # 8 warps did not. Full covariance: 32 pixels, one stage, and ptxas allowed all 255
+        # registers (left to its heuristic it held some variants at 128 and spilled 8-20 bytes).
+        if cov_mode == COV_FULL:
+            return LossConfig(block_n=32, block_c=block_c, block_d=16, num_warps=8, num_stages=1,
+                              maxnreg=255)
+        return LossConfig(block_n=min(32, block_n), block_c=block_c, block_d=16, num_warps=8,
+                          num_stages=2)
     if cov_mode == COV_FULL:
         # The nested class / chunk loops pipeline badly (spills at num_stages > 1): one stage,
         # 16-channel chunks for the [BLOCK_N, BLOCK_D] product accumulator of z @ A_c (32
@@ -200,22 +227,38 @@ def _dot_precision(feats) -> str:
     return "ieee"
 
 
+def loss_launch(Z, Y, W, M, A, LOSS, G, *, z, num_classes, dim, ignore_index, cov_mode,
+                precision) -> Launch:
+    """The fused kernel's launch: tensors (or the compile check's pointer stand-ins) and the
+    features' `PixelLayout` ``z``. The gradient buffer G (None: no gradient) is contiguous in
+    the features' shape ([N, D] rows, [B, D, h, w] map; `gradient_buffer`). Absent weight /
+    gradient / covariance pointers are replaced by LOSS or M (never read)."""
+    cfg = loss_config(num_classes, dim, cov_mode, strided_channels=not z.rows)
+    args = (("Z", Z), *z.args("z"), ("Y", Y), ("W", LOSS if W is None else W), ("M", M),
+            ("A", M if A is None else A), ("LOSS", LOSS), ("G", LOSS if G is None else G),
+            ("HW", z.hw), ("C", num_classes), ("D", dim),
+            ("ignore_index", ignore_index),
+            ("BLOCK_N", cfg.block_n), ("BLOCK_C", cfg.block_c), ("BLOCK_D", cfg.block_d),
+            ("COV_MODE", cov_mode), ("HAS_WEIGHT", W is not None), ("HAS_GRAD", G is not None),
+            ("PRECISION", precision), ("MAP", not z.rows))
+    return Launch(_dist_contrastive_kernel, args, (triton.cdiv(z.hw, cfg.block_n), z.batch),
+                  cfg.num_warps, cfg.num_stages, cfg.maxnreg)
+
+
+def _cov_mode(a) -> int:
+    return COV_NONE if a is None else (COV_FULL if a.dim() == 3 else COV_DIAG)
+
+
 def contrastive_forward_triton(feats, labels, m, a, weight, ignore_index, want_grad):
-    """Launch the fused kernel: per-pixel losses [N] and, if wanted, the gradient buffer [N, D]."""
-    n, dim = feats.shape
-    num_classes = m.shape[0]
-    cov_mode = COV_NONE if a is None else (COV_FULL if a.dim() == 3 else COV_DIAG)
-    cfg = loss_config(num_classes, dim, cov_mode)
+    """Launch the fused kernel: per-pixel losses [N] and, if wanted, the gradient buffer shaped
+    like ``feats``."""
+    n = labels.numel()
     per_pixel = poisoned_empty(n, device=feats.device)
-    grad = poisoned_empty(n, dim, device=feats.device) if want_grad else None
-    _dist_contrastive_kernel[(triton.cdiv(n, cfg.block_n),)](
-        feats, feats.stride(0), feats.stride(1), labels,
-        weight if weight is not None else per_pixel, m, a if a is not None else m,
-        per_pixel, grad if grad is not None else per_pixel,
-        n, num_classes, dim, ignore_index,
-        BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, BLOCK_D=cfg.block_d, COV_MODE=cov_mode,
-        HAS_WEIGHT=weight is not None, HAS_GRAD=want_grad, PRECISION=_dot_precision(feats),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    grad = gradient_buffer(feats, torch.float32) if want_grad else None
+    loss_launch(feats, labels, weight, m, a, per_pixel, grad, z=pixel_layout(feats),
+                num_classes=m.shape[0],
+                dim=feats.shape[1], ignore_index=ignore_index, cov_mode=_cov_mode(a),
+                precision=_dot_precision(feats))()
     return per_pixel, grad
 
 
@@ -227,154 +270,88 @@ def _loss_chunk_rows(num_classes: int, dim: int, full: bool) -> int:
     return max(64, (1 << 18) // dim)
 
 
-def _empty_hugepage(n: int, dim: int, dtype) -> torch.Tensor:
-    """``torch.empty(n, dim)`` on the CPU, backed by transparent huge pages faulted in at once.
-
-    A fresh [N, D] buffer is faulted in page by page as the chunks first write it: with 4 KiB
-    pages that costs 0.1 to 0.15 s for the 268 MB gradient at N = 262144, D = 256 on one core (a
-    third of the whole forward + backward). Advised as huge pages (MADV_HUGEPAGE) it takes a
-    quarter of that, but first-touch faults of huge pages were erratic on the 2-core VM the
-    benchmarks ran on (0.04 to 0.5 s of kernel time per buffer); populating the range in one
-    call (MADV_POPULATE_WRITE, Linux 5.14) was a steady 0.04 to 0.06 s. Linux only; elsewhere,
-    or where madvise fails, the buffer is ordinary memory. Nothing changes a value or the size.
-    """
-    out = torch.empty(n, dim, dtype=dtype)
-    madvise = _madvise()
-    huge = 1 << 21
-    lo = (out.data_ptr() + huge - 1) & ~(huge - 1)
-    hi = (out.data_ptr() + out.numel() * out.element_size()) & ~(huge - 1)
-    # Only from 32 MiB, glibc's largest mmap threshold: such a block is its own mapping, which
-    # goes (advice and all) when the tensor is freed, never heap that smaller tensors reuse.
-    if madvise is not None and hi - lo >= 16 * huge:
-        madvise(lo, hi - lo, 14)  # MADV_HUGEPAGE
-        madvise(lo, hi - lo, 23)  # MADV_POPULATE_WRITE (EINVAL before Linux 5.14: no harm)
-    return out
-
-
-@functools.cache
-def _madvise():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
 def contrastive_forward_torch(feats, labels, m, a, weight, ignore_index, want_grad):
-    """The same math in chunks of pixels: extra memory O(chunk x C x D), never N x C x D.
+    """The same math in chunks of pixels, image by image: extra memory O(chunk x C x D), never
+    N x C x D.
 
     Per chunk the logits are held class-major, s^T [C, rows]: MKL runs M @ z^T about twice as
     fast as z @ M^T for this skinny shape (C = 19, D = 256, one core: about 40 against 20
-    GFLOP/s), and the gradient's softmax reuses the exponentials of the logsumexp.
+    GFLOP/s), and the gradient's softmax reuses the exponentials of the logsumexp. A map's image
+    rows are strided views ([h w, D] with the pixel stride 1), written to the gradient buffer's
+    rows of the same layout.
     """
-    n, dim = feats.shape
+    dim = feats.shape[1]
+    n = labels.numel()
     num_classes = m.shape[0]
     acc = m.dtype
     full = a is not None and a.dim() == 3
     diag = a is not None and not full
     per_pixel = torch.empty(n, dtype=acc, device=feats.device)
-    grad = None
-    if want_grad:
-        grad = (_empty_hugepage(n, dim, acc) if feats.device.type == "cpu"
-                else torch.empty(n, dim, dtype=acc, device=feats.device))
+    grad = gradient_buffer(feats, acc) if want_grad else None
+    grad_images = [rows for _, rows in image_rows(grad)] if want_grad else None
     # a_cols[d, c * D + e] = A[c, d, e]: one matmul gives z @ A_c for every class.
     a_cols = a.permute(1, 0, 2).reshape(dim, num_classes * dim) if full else None
     step = _loss_chunk_rows(num_classes, dim, full)
     # [rows, D] scratch, reused: z * z in the forward, then sum_c w p_c A_c in the gradient.
     work = torch.empty(min(step, n), dim, dtype=acc, device=feats.device) if diag else None
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        rows = stop - start
-        z = feats[start:stop].to(acc)
-        y = labels[start:stop]
-        valid = y != ignore_index
-        y0 = torch.where(valid, y, 0).long()[None, :]
-        s = m @ z.T
-        lin_y = s.gather(0, y0).squeeze(0)
-        if diag:
-            s.addmm_(a, torch.mul(z, z, out=work[:rows]).T)
-        elif full:
-            u = (z @ a_cols).view(rows, num_classes, dim)
-            s += torch.bmm(u, z.unsqueeze(2)).squeeze(2).T
-        # logsumexp by hand, so that the gradient's softmax reuses the exponentials.
-        row_max = s.amax(0)
-        e = s.sub_(row_max).exp_()
-        total = e.sum(0)
-        wt = valid.to(acc) if weight is None else torch.where(valid, weight[start:stop], 0.0)
-        per_pixel[start:stop] = torch.where(valid, (row_max + total.log() - lin_y) * wt, 0.0)
-        if want_grad:
-            # pw = w p and coef = w (p - onehot), [C, rows] class-major, 0 at ignored pixels.
-            pw = e.mul_(wt / total)
-            g = grad[start:stop]
+    for image, (base, image_feats) in enumerate(image_rows(feats)):
+        for start in range(0, image_feats.shape[0], step):
+            stop = min(start + step, image_feats.shape[0])
+            rows = stop - start
+            z = image_feats[start:stop].to(acc)
+            pix = slice(base + start, base + stop)
+            y = labels[pix]
+            valid = y != ignore_index
+            y0 = torch.where(valid, y, 0).long()[None, :]
+            s = m @ z.T
+            lin_y = s.gather(0, y0).squeeze(0)
             if diag:
-                h = torch.mm(pw.T, a, out=work[:rows])
+                s.addmm_(a, torch.mul(z, z, out=work[:rows]).T)
             elif full:
-                h = torch.bmm(pw.T.unsqueeze(1), u).squeeze(1)
-            coef = pw.scatter_add_(0, y0, -wt[None, :])
-            torch.mm(coef.T, m, out=g)
-            if diag:
-                g.addcmul_(z, h, value=2.0)
-            elif full:
-                g.add_(h, alpha=2.0)
-            # A NaN feature at an ignored row would leak through w = 0 above.
-            ignored = torch.nonzero(~valid).squeeze(1)
-            if ignored.numel():
-                g.index_fill_(0, ignored, 0.0)
+                u = (z @ a_cols).view(rows, num_classes, dim)
+                s += torch.bmm(u, z.unsqueeze(2)).squeeze(2).T
+            # logsumexp by hand, so that the gradient's softmax reuses the exponentials.
+            row_max = s.amax(0)
+            e = s.sub_(row_max).exp_()
+            total = e.sum(0)
+            wt = valid.to(acc) if weight is None else torch.where(valid, weight[pix], 0.0)
+            per_pixel[pix] = torch.where(valid, (row_max + total.log() - lin_y) * wt, 0.0)
+            if want_grad:
+                # pw = w p and coef = w (p - onehot), [C, rows] class-major, 0 at ignored pixels.
+                pw = e.mul_(wt / total)
+                g = grad_images[image][start:stop]
+                if diag:
+                    h = torch.mm(pw.T, a, out=work[:rows])
+                elif full:
+                    h = torch.bmm(pw.T.unsqueeze(1), u).squeeze(1)
+                coef = pw.scatter_add_(0, y0, -wt[None, :])
+                torch.mm(coef.T, m, out=g)
+                if diag:
+                    g.addcmul_(z, h, value=2.0)
+                elif full:
+                    g.add_(h, alpha=2.0)
+                # A NaN feature at an ignored row would leak through w = 0 above.
+                ignored = torch.nonzero(~valid).squeeze(1)
+                if ignored.numel():
+                    g.index_fill_(0, ignored, 0.0)
     return per_pixel, grad
 
 
-@dataclass(frozen=True)
-class _LossParams:
-    """Non-tensor options of one call, kept on the autograd context."""
-    ignore_index: int
-    reduction: str
-    forward: callable
-
-
-def _reduce(per_pixel, n_valid, reduction):
-    if reduction == "none":
-        return per_pixel
-    total = per_pixel.sum()
-    return total / n_valid.clamp(min=1) if reduction == "mean" else total
-
-
-class _DistContrastiveFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, feats, labels, m, a, weight, params):
-        per_pixel, grad = params.forward(feats, labels, m, a, weight, params.ignore_index, True)
-        n_valid = (labels != params.ignore_index).sum()
-        ctx.save_for_backward(feats, labels, m, a, weight, n_valid)
-        ctx.params = params
-        ctx.grad = grad
-        return _reduce(per_pixel, n_valid, params.reduction)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if torch.is_grad_enabled():
-            raise RuntimeError("dist_contrastive_loss has a first-order gradient only: double "
-                               "backward (create_graph=True) is not supported")
-        feats, labels, m, a, weight, n_valid = ctx.saved_tensors
-        params = ctx.params
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:
-            # A second backward through a retained graph: the stored gradient was handed out by
-            # the first one, so compute it again from the saved inputs.
-            _, grad = params.forward(feats, labels, m, a, weight, params.ignore_index, True)
-        if params.reduction == "none":
-            grad.mul_(grad_output.to(grad.dtype)[:, None])
-        elif params.reduction == "mean":
-            grad.mul_((grad_output / n_valid.clamp(min=1)).to(grad.dtype))
-        else:
-            grad.mul_(grad_output.to(grad.dtype))
-        return grad.to(feats.dtype), None, None, None, None, None
+_scaled = Memo(2)
 
 
 def _scaled_statistics(mean, cov, ratio, temperature, acc):
-    """M = mean / tau; A = r / (2 tau^2) cov, symmetrised when full; None when it cannot matter."""
+    """M = mean / tau; A = r / (2 tau^2) cov, symmetrised when full; None when it cannot matter.
+    Computed once for unchanged statistics (`Memo`: the passes of a training step share them)."""
+    key = (float(ratio), float(temperature), acc)
+    cached = _scaled.get((mean, cov), key)
+    if cached is None:
+        cached = _scale(mean, cov, ratio, temperature, acc)
+        _scaled.put((mean, cov), key, cached)
+    return cached
+
+
+def _scale(mean, cov, ratio, temperature, acc):
     m = (mean.to(acc) / temperature).contiguous()
     if cov is None or ratio == 0:
         return m, None
@@ -385,46 +362,49 @@ def _scaled_statistics(mean, cov, ratio, temperature, acc):
 
 
 def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperature=100.0,
-                          ignore_index=255, weight=None, reduction="mean"):
+                          ignore_index=255, weight=None, reduction="mean", reg_weight=0.0):
     """Distribution-aware pixel contrastive loss (SePiCo DistCL; ProtoCL when ``cov`` is None).
 
     Args:
-        feats: [N, D] float32, float16 or bfloat16 embeddings (float64 on the torch backend).
-        labels: [N] int64 or int32 in [0, C) or ``ignore_index``.
+        feats: [N, D] rows or a [B, D, h, w] map (any strides) of float32, float16 or bfloat16
+            embeddings (float64 on the torch backend). A map runs in one launch and gets its
+            gradient in its own layout (contiguous, or channels-last for a channels-last map).
+        labels: one int64 or int32 label per pixel, [N] or [B, h, w], in [0, C) or ``ignore_index``.
         mean: [C, D] class means. cov: [C, D] diagonal or [C, D, D] full covariances, or None.
             Statistics are constants: passing ones that require grad is an error.
         ratio: covariance scale r. temperature: tau, a divisor of the logits.
-        weight: optional [N] per-pixel weights multiplying each pixel's loss.
+        weight: optional per-pixel weights ([N] or [B, h, w]) multiplying each pixel's loss.
         reduction: ``"mean"`` over valid (non-ignored) pixels, 0 when there are none; ``"sum"``;
-            ``"none"`` for [N] per-pixel losses, 0 at ignored pixels.
+            ``"none"`` for per-pixel losses ([N] or [B, h, w]), 0 at ignored pixels.
+        reg_weight: with ``"mean"``, adds ``reg_weight`` times SePiCo's regulariser
+            R = sum_c log softmax_c(zbar . mu_c / tau) / (C log C), zbar the mean valid embedding
+            (0 without valid pixels, and for C = 1 where the reference's 0 / 0 is NaN). Its
+            gradient is added into the same buffer.
 
     Returns:
         The loss, float32 (float64 for float64 feats). Gradients flow to ``feats`` only; the
         kernel computes them in the forward. NaN or Inf in the features of a valid pixel gives a
-        NaN or Inf loss (not an error); ignored pixels are never read into the result.
+        NaN or Inf loss (not an error); ignored pixels are never read into the per-pixel losses
+        (the regulariser's zbar is a matrix-vector product with weight 0 at ignored pixels).
     """
     check_feats(feats)
-    check_labels(labels, feats.shape[0])
-    check_stats(mean, cov, None, feats.shape[1])
-    num_classes, dim = mean.shape
-    if num_classes > 256:
-        raise ValueError(f"mean has {num_classes} classes; at most 256 are supported")
+    check_labels(labels, feats)
+    feats = pixel_map(feats)
+    dim = feats.shape[1]
+    check_stats(mean, cov, None, dim)
+    num_classes = mean.shape[0]
     check_dim(dim, cov is not None and cov.dim() == 3)
     if weight is not None:
         if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-            raise TypeError("weight must be a floating-point torch.Tensor of shape [N] or None")
-        if weight.shape != (feats.shape[0],):
-            raise ValueError(f"weight must have shape [N] = [{feats.shape[0]}], got {tuple(weight.shape)}")
+            raise TypeError("weight must be a floating-point torch.Tensor with one value per pixel, or None")
+        check_pixel_values(weight, feats, "weight")
         if weight.requires_grad:
             raise ValueError("weight must not require grad: gradients flow to feats only")
     for name, t in (("mean", mean), ("cov", cov)):
         if t is not None and t.requires_grad:
             raise ValueError(f"{name} must not require grad: the class statistics are constants "
                              f"(detach them); gradients flow to feats only")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature < float("inf")):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    check_loss_options(temperature, reduction, reg_weight)
     if not (isinstance(ratio, (int, float)) and abs(ratio) < float("inf")):
         raise ValueError(f"ratio must be a finite number, got {ratio!r}")
     check_same_device(feats=feats, labels=labels, mean=mean, cov=cov, weight=weight)
@@ -432,13 +412,13 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
 
     on_triton = resolve_backend(feats, mean, cov) == "triton"
     acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
-    m, a = _scaled_statistics(mean.detach(), None if cov is None else cov.detach(), ratio,
-                              temperature, acc)
-    labels = labels.contiguous()
-    weight = None if weight is None else weight.to(acc).contiguous()
-    params = _LossParams(ignore_index=ignore_index, reduction=reduction,
-                         forward=contrastive_forward_triton if on_triton else contrastive_forward_torch)
-    if torch.is_grad_enabled() and feats.requires_grad:
-        return _DistContrastiveFunction.apply(feats, labels, m, a, weight, params)
-    per_pixel, _ = params.forward(feats, labels, m, a, weight, ignore_index, False)
-    return _reduce(per_pixel, (labels != ignore_index).sum(), reduction)
+    m, a = _scaled_statistics(mean, cov, ratio, temperature, acc)
+    mean = mean.detach()
+    labels = labels.reshape(-1).contiguous()
+    weight = None if weight is None else weight.to(acc).reshape(-1).contiguous()
+    forward = contrastive_forward_triton if on_triton else contrastive_forward_torch
+    params = PixelLossParams(name="dist_contrastive_loss", ignore_index=ignore_index,
+                             reduction=reduction, reg_weight=float(reg_weight),
+                             temperature=temperature,
+                             forward=lambda z, y, w, stats, want_grad: forward(z, y, *stats, w, ignore_index, want_grad))
+    return pixel_loss(feats, labels, weight, mean.to(acc), params, (m, a))

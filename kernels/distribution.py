@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, check_dim, check_feats, check_label_range,
-                        check_labels, check_same_device, check_stats, interpreter_tiles, poisoned_empty,
-                        resolve_backend, sort_by_class)
+from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, Launch, check_dim, check_feats, check_label_range,
+                        check_labels, check_same_device, check_stats, interpreter_tiles, pixel_map,
+                        poisoned_empty, resolve_backend, sort_by_class)
 from .moments import moment_partials_torch, moment_partials_triton
 
 
@@ -82,17 +82,26 @@ def merge_block_d(dim: int, full: bool) -> int:
     return min(max(16, triton.next_power_of_2(dim)), 64 if full else 1024)
 
 
-def _merge_triton(count, mean, cov, n_b, batch_mean, centred):
-    num_classes, dim = mean.shape
-    full = cov.dim() == 3
+def merge_launch(COUNT, MEAN, COV, BATCH_COUNT, BATCH_MEAN, BATCH_CENTRED, OUT_COUNT, OUT_MEAN,
+                 OUT_COV, *, num_classes, dim, full) -> Launch:
+    """The merge kernel's launch: tensors (or the compile check's pointer stand-ins)."""
     block_d = merge_block_d(dim, full)
     num_d = triton.cdiv(dim, block_d)
+    args = (("COUNT", COUNT), ("MEAN", MEAN), ("COV", COV), ("BATCH_COUNT", BATCH_COUNT),
+            ("BATCH_MEAN", BATCH_MEAN), ("BATCH_CENTRED", BATCH_CENTRED), ("OUT_COUNT", OUT_COUNT),
+            ("OUT_MEAN", OUT_MEAN), ("OUT_COV", OUT_COV), ("D", dim), ("FULL", full),
+            ("BLOCK_D", block_d))
+    return Launch(_merge_class_distribution_kernel, args, (num_classes, num_d, num_d if full else 1),
+                  MERGE_NUM_WARPS, None)
+
+
+def _merge_triton(count, mean, cov, n_b, batch_mean, centred):
+    num_classes, dim = mean.shape
     out_count = poisoned_empty(num_classes, device=mean.device)
     out_mean = poisoned_empty(num_classes, dim, device=mean.device)
     out_cov = poisoned_empty(*cov.shape, device=mean.device)
-    _merge_class_distribution_kernel[(num_classes, num_d, num_d if full else 1)](
-        count, mean, cov, n_b, batch_mean, centred, out_count, out_mean, out_cov, dim,
-        FULL=full, BLOCK_D=block_d, num_warps=MERGE_NUM_WARPS)
+    merge_launch(count, mean, cov, n_b, batch_mean, centred, out_count, out_mean, out_cov,
+                 num_classes=num_classes, dim=dim, full=cov.dim() == 3)()
     return out_count, out_mean, out_cov
 
 
@@ -131,15 +140,16 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
     Args:
         count: [C] pixels seen per class so far. mean: [C, D]. cov: [C, D] (diagonal) or
             [C, D, D] (full). All float32 (float64 on the torch backend), same dtype.
-        feats: [N, D] float32, float16 or bfloat16 embeddings; labels: [N] int64 or int32 in
-            [0, C) or ``ignore_index``.
+        feats: [N, D] rows or a [B, D, h, w] map (any strides, read in place) of float32, float16
+            or bfloat16 embeddings; labels: one int64 or int32 label per pixel ([N] or
+            [B, h, w]) in [0, C) or ``ignore_index``.
 
     Returns:
         New ``(count, mean, cov)`` tensors (the inputs are not modified). Classes absent from the
         batch keep their statistics unchanged; bit-for-bit reproducible on the same device.
     """
     check_feats(feats)
-    check_labels(labels, feats.shape[0])
+    check_labels(labels, feats)
     _check_running(count, mean, cov, feats.shape[1])
     num_classes, dim = mean.shape
     full = cov.dim() == 3
@@ -147,7 +157,8 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
     check_same_device(count=count, mean=mean, cov=cov, feats=feats, labels=labels)
     check_label_range(labels, num_classes, ignore_index)
     count, mean, cov = count.contiguous(), mean.contiguous(), cov.contiguous()
-    order, bounds = sort_by_class(labels, num_classes, ignore_index)
+    feats = pixel_map(feats)
+    order, bounds = sort_by_class(labels.reshape(-1), num_classes, ignore_index)
     n_b = (bounds[1:] - bounds[:-1]).to(mean.dtype)
     on_triton = resolve_backend(feats, mean) == "triton"
     partials = moment_partials_triton if on_triton else moment_partials_torch

@@ -3,7 +3,7 @@
     n_c = #{i : y_i = c},   s_c = sum_{y_i = c} z_i,
     q_c = sum_{y_i = c} z_i * z_i   (diagonal)   or   Q_c = sum_{y_i = c} z_i z_i^T   (full).
 
-Pixels are first grouped by class with one stable sort of the labels (`sort_by_class`), so each
+Pixels (rows [N, D] or a whole [B, D, h, w] map read in place, `PixelLayout`) are first grouped by class with one stable sort of the labels (`sort_by_class`), so each
 class owns a contiguous run of pixel indices. A program then reduces one class, one slice of its
 run (every SPLIT-th block of rows) and one tile of channels into float32 registers and writes a
 partial; the SPLIT partials are added afterwards in a fixed order. No atomics anywhere: the bits
@@ -20,14 +20,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, check_dim, check_feats, check_label_range,
-                        check_labels, check_num_classes, check_same_device, interpreter_tiles, poisoned_empty,
+from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, Launch, check_dim, check_feats,
+                        check_label_range, check_labels, check_num_classes, check_same_device,
+                        gather_pixels, interpreter_tiles, pixel_layout, pixel_map, pixel_offsets, poisoned_empty,
                         resolve_backend, sort_by_class)
 
 
 @triton.jit
 def _class_moment_partials_kernel(
-    Z, stride_zn, stride_zd,   # feats [N, D], any strides, float32 / float16 / bfloat16
+    Z,                         # feats, float32 / float16 / bfloat16, in a PixelLayout:
+    stride_zb, stride_zp, stride_zd,  # rows [N, D] or a map [B, D, h, w] (image, pixel, channel)
+    HW,                        # pixels per image
     ORDER,                     # [N] int64: pixel indices grouped by class (ignored ones last)
     BOUNDS,                    # [C + 1] int64: class c owns ORDER[BOUNDS[c] : BOUNDS[c + 1]]
     SHIFT,                     # [C, D] float32: subtracted from every pixel of its class (HAS_SHIFT)
@@ -67,10 +70,11 @@ def _class_moment_partials_kernel(
     for start in range(lo + s * BLOCK_N, hi, SPLIT * BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
-        rows = tl.load(ORDER + offs_n, mask=mask_n, other=0)
+        pix = tl.load(ORDER + offs_n, mask=mask_n, other=0)
+        rows = pixel_offsets(pix, HW, stride_zb, stride_zp)
         tile_i = mask_n[:, None] & mask_i[None, :]
-        # 64-bit offsets: rows are int64 already; (D - 1) * stride_zd of a strided view may pass 2^31.
-        zi = tl.load(Z + rows[:, None] * stride_zn + offs_i.to(tl.int64)[None, :] * stride_zd,
+        # 64-bit offsets: pixels are int64 already; (D - 1) * stride_zd of a strided view may pass 2^31.
+        zi = tl.load(Z + rows[:, None] + offs_i.to(tl.int64)[None, :] * stride_zd,
                      mask=tile_i, other=0.0).to(tl.float32)
         if HAS_SHIFT:
             zi = tl.where(tile_i, zi - shift_i[None, :], 0.0)
@@ -80,7 +84,7 @@ def _class_moment_partials_kernel(
             acc_diag += tl.sum(zi * zi, axis=0)
         if SECOND_MODE == 2:
             tile_j = mask_n[:, None] & mask_j[None, :]
-            zj = tl.load(Z + rows[:, None] * stride_zn + offs_j.to(tl.int64)[None, :] * stride_zd,
+            zj = tl.load(Z + rows[:, None] + offs_j.to(tl.int64)[None, :] * stride_zd,
                          mask=tile_j, other=0.0).to(tl.float32)
             if HAS_SHIFT:
                 zj = tl.where(tile_j, zj - shift_j[None, :], 0.0)
@@ -105,9 +109,10 @@ class MomentConfig:
     num_stages: int
 
 
-def moment_config(n: int, num_classes: int, dim: int, second_mode: int,
+def moment_config(n: int, num_classes: int, dim: int, second_mode: int, strided_channels: bool = False,
                   interpret: bool | None = None) -> MomentConfig:
-    """One launch configuration per shape (no autotuning: the bits must not depend on timing)."""
+    """One launch configuration per shape (no autotuning: the bits must not depend on timing).
+    ``strided_channels``: the features are a map (channel stride h w, not 1)."""
     interpret = interpreter_tiles() if interpret is None else interpret
     full = second_mode == COV_FULL
     # tl.dot needs tiles of at least 16; a FULL program holds a BLOCK_D x BLOCK_D accumulator.
@@ -120,6 +125,13 @@ def moment_config(n: int, num_classes: int, dim: int, second_mode: int,
     # About 4096 rows per program for an average class; capped so the partial buffer stays small
     # (FULL: SPLIT x C x D x D floats).
     split = max(1, min(8 if full else 32, n // max(1, num_classes * 4096)))
+    if strided_channels:
+        # Gathered pixels of a map: no two channels of a row are adjacent, so every element of a
+        # tile needs its own 64-bit address (rows: one per vector). The rows tiles then took all
+        # 255 registers and spilled 0.1 to 6 KB (python -m kernels.compile_check); a quarter of
+        # the tile keeps the addresses in registers.
+        return MomentConfig(block_n=32, block_d=32, split=split,
+                            num_warps=8 if full else 4, num_stages=1)
     # FULL spreads its 64 x 64 accumulator and the two operand tiles over 8 warps: with 4 warps
     # the unshifted call (sums and outer products together) took 255 registers and spilled about
     # 650 bytes (python -m kernels.compile_check); with 8 it stays under 200, spill-free.
@@ -127,28 +139,37 @@ def moment_config(n: int, num_classes: int, dim: int, second_mode: int,
                         num_warps=8 if full else 4, num_stages=1 if full else 2)
 
 
+def moment_launch(Z, ORDER, BOUNDS, SHIFT, TOTAL, SECOND, *, z, n, num_classes, dim,
+                  second_mode) -> Launch:
+    """The moment kernel's launch: tensors (or the compile check's pointer stand-ins), the
+    features' `PixelLayout` ``z``; absent optional pointers (None) are replaced by BOUNDS, never
+    dereferenced."""
+    cfg = moment_config(n, num_classes, dim, second_mode, strided_channels=not z.rows)
+    num_d = triton.cdiv(dim, cfg.block_d)
+    grid = (num_classes, cfg.split, num_d * num_d if second_mode == COV_FULL else num_d)
+    args = (("Z", Z), *z.args("z"), ("HW", max(1, z.hw)), ("ORDER", ORDER),
+            ("BOUNDS", BOUNDS), ("SHIFT", BOUNDS if SHIFT is None else SHIFT),
+            ("TOTAL", BOUNDS if TOTAL is None else TOTAL),
+            ("SECOND", BOUNDS if SECOND is None else SECOND), ("C", num_classes), ("D", dim),
+            ("SPLIT", cfg.split), ("BLOCK_N", cfg.block_n), ("BLOCK_D", cfg.block_d),
+            ("HAS_SHIFT", SHIFT is not None), ("WITH_TOTAL", TOTAL is not None),
+            ("SECOND_MODE", second_mode))
+    return Launch(_class_moment_partials_kernel, args, grid, cfg.num_warps, cfg.num_stages)
+
+
 def moment_partials_triton(feats, order, bounds, num_classes, *, shift=None, with_total=True,
                            second_mode=COV_DIAG):
     """Launch the kernel and add the SPLIT partials in a fixed order. Returns (total, second)."""
-    n, dim = feats.shape
-    cfg = moment_config(n, num_classes, dim, second_mode)
+    n, dim = order.numel(), feats.shape[1]
+    layout = pixel_layout(feats)
+    cfg = moment_config(n, num_classes, dim, second_mode, strided_channels=not layout.rows)
     device = feats.device
     total = poisoned_empty(cfg.split, num_classes, dim, device=device) if with_total else None
     second_shape = {COV_NONE: None, COV_DIAG: (cfg.split, num_classes, dim),
                     COV_FULL: (cfg.split, num_classes, dim, dim)}[second_mode]
     second = poisoned_empty(*second_shape, device=device) if second_shape else None
-    num_d = triton.cdiv(dim, cfg.block_d)
-    grid = (num_classes, cfg.split, num_d * num_d if second_mode == COV_FULL else num_d)
-    dummy = bounds  # stands in for absent optional pointers; never dereferenced
-    _class_moment_partials_kernel[grid](
-        feats, feats.stride(0), feats.stride(1), order, bounds,
-        shift if shift is not None else dummy,
-        total if total is not None else dummy,
-        second if second is not None else dummy,
-        num_classes, dim,
-        SPLIT=cfg.split, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
-        HAS_SHIFT=shift is not None, WITH_TOTAL=with_total, SECOND_MODE=second_mode,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    moment_launch(feats, order, bounds, shift, total, second, z=layout, n=n,
+                  num_classes=num_classes, dim=dim, second_mode=second_mode)()
     return (total.sum(0) if total is not None else None,
             second.sum(0) if second is not None else None)
 
@@ -173,7 +194,7 @@ def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with
     edges = bounds.tolist()
     for c in range(num_classes):
         for start in range(edges[c], edges[c + 1], step):
-            z = feats[order[start:min(start + step, edges[c + 1])]].to(acc)
+            z = gather_pixels(feats, order[start:min(start + step, edges[c + 1])]).to(acc)
             if shift is not None:
                 z -= shift[c]
             if with_total:
@@ -189,8 +210,10 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
     """Per-class pixel counts, sums and second moments of a batch.
 
     Args:
-        feats: [N, D] float32, float16 or bfloat16 embeddings (float64 on the torch backend).
-        labels: [N] int64 or int32 class ids in [0, num_classes) or ``ignore_index``.
+        feats: [N, D] rows or a [B, D, h, w] map (any strides, read in place) of float32, float16
+            or bfloat16 embeddings (float64 on the torch backend).
+        labels: one int64 or int32 class id per pixel, [N] or [B, h, w], in [0, num_classes) or
+            ``ignore_index``.
         num_classes: C, from 1 to 256.
         covariance: ``"diag"`` for sums of squares [C, D], ``"full"`` for sums of outer products
             [C, D, D].
@@ -208,7 +231,7 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
     check_feats(feats)
     check_num_classes(num_classes)
-    check_labels(labels, feats.shape[0])
+    check_labels(labels, feats)
     full = covariance == "full"
     check_dim(feats.shape[1], full)
     check_same_device(feats=feats, labels=labels, shift=shift)
@@ -218,7 +241,8 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         if shift.shape != (num_classes, feats.shape[1]):
             raise ValueError(f"shift must have shape [{num_classes}, {feats.shape[1]}], got {tuple(shift.shape)}")
     check_label_range(labels, num_classes, ignore_index)
-    order, bounds = sort_by_class(labels, num_classes, ignore_index)
+    feats = pixel_map(feats)
+    order, bounds = sort_by_class(labels.reshape(-1), num_classes, ignore_index)
     count = (bounds[1:] - bounds[:-1]).to(torch.float32)
     on_triton = resolve_backend(feats) == "triton"
     impl = moment_partials_triton if on_triton else moment_partials_torch

@@ -1,0 +1,11 @@
+"""sepico: SePiCo for unsupervised domain adaptation of semantic segmentation, on the Triton
+kernels of the ``kernels`` package.
+
+Floors, each importing only from those below it: ``kernels`` (ops); ``sepico.reference`` (float64
+oracles), ``sepico.losses`` (map-level losses), ``sepico.estimator`` (class statistics);
+``sepico.method`` (the SePiCo object: estimator + loss of one variant); ``sepico.models`` and
+``sepico.data`` (networks with their registry; datasets with their names, transforms and the
+day-night pieces); ``sepico.evaluation``; ``sepico.train`` (config, trainer, augmentation,
+checkpoints, distributed glue); the tools on top (``convert``, ``predict``, ``plot``, ``demo``,
+``ablation``, ``cli``).
+"""

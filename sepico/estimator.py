@@ -2,8 +2,9 @@
 
 The estimator keeps, per class, the count of pixels seen, their mean and their (biased)
 covariance, diagonal [C, D] or full [C, D, D], and merges each batch into them with the exact
-count-weighted rule of ``kernels.update_class_distribution``: a class absent from the batch keeps
-its statistics. Nothing is forgotten (the reference behaviour).
+count-weighted rule (``kernels.merge_class_moments`` of the batch's shifted moments, one algorithm
+with one process and with many): a class absent from the batch keeps its statistics. Nothing is
+forgotten (the reference behaviour).
 
 With ``memory_length > 0`` it also keeps BankCL's memory bank: per class, a queue of at most
 ``memory_length`` batch means, oldest first. As in the reference estimator every queue starts
@@ -127,63 +128,54 @@ class ClassDistributionEstimator:
 
     @torch.no_grad()
     def update(self, feats: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = 255,
-               group=None) -> None:
+               group=None) -> torch.Tensor:
         """Merge a batch of pixel embeddings into the statistics (and the bank).
 
+        One algorithm for one process and many: the batch moments of z - mean[y] (shifted by the
+        running means, which every process holds alike: they add across processes, and the shift
+        keeps the one-pass covariance free of cancellation), summed over the processes of
+        ``group`` with one ``all_reduce`` of C x (1 + 2D) numbers (diagonal) or C x (1 + D + D^2)
+        (full), never the pixels, then the count-weighted merge (``kernels.merge_class_moments``).
+        Every process ends with the statistics and bank of one update over all their pixels.
+
         Args:
-            feats: [N, D] embeddings (float32, float16, bfloat16, or float64 on the torch
-                backend); no gradient flows into the statistics.
-            labels: [N] int64 or int32 class ids in [0, C) or ``ignore_index`` (dropped).
+            feats: [N, D] rows or a [B, D, h, w] map of embeddings (float32, float16, bfloat16,
+                or float64 on the torch backend), read in place; no gradient flows into the
+                statistics.
+            labels: one int64 or int32 class id per pixel ([N] or [B, h, w]) in [0, C) or
+                ``ignore_index`` (dropped).
             group: a ``torch.distributed`` process group to synchronise over (every process
-                passes its own pixels). One ``all_reduce`` of the batch moments, C x (1 + 2D)
-                numbers (diagonal) or C x (1 + D + D^2) (full), never the pixels, leaves every
-                process with the same statistics and bank as one update over all their pixels.
+                passes its own pixels), or None.
+
+        Returns:
+            The batch mean of each class [C, D] (over all processes; 0 for a class absent from
+            the batch): the entries the bank takes.
         """
-        if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or feats.shape[1] != self.dim:
+        if (not isinstance(feats, torch.Tensor) or feats.dim() not in (2, 4)
+                or feats.shape[1] != self.dim):
             shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
-            raise ValueError(f"feats must have shape [N, {self.dim}], got {shape}")
-        feats = feats.detach()
-        if group is not None:
-            self._update_synchronised(feats, labels, ignore_index, group)
-            return
-        weight_count = self._count
-        if self._momentum is not None:
-            valid = labels[labels != ignore_index].long()
-            if valid.numel() and bool((valid < 0).any() | (valid >= self.num_classes).any()):
-                value = int(valid[(valid < 0) | (valid >= self.num_classes)][0])
-                raise ValueError(f"labels must be in [0, {self.num_classes}) or ignore_index={ignore_index}; "
-                                 f"found {value}")  # the kernels' check, before bincount sees the label
-            weight_count = self._forgetting_count(torch.bincount(valid, minlength=self.num_classes))
-        count, mean, cov = kernels.update_class_distribution(
-            weight_count, self._mean, self._cov, feats, labels, ignore_index=ignore_index)
-        count = self._count + (count - weight_count)
-        if self._memory_length > 0:
-            n_b, total, _ = kernels.class_moments(feats, labels, self.num_classes,
-                                                  ignore_index=ignore_index)
-            batch_mean = (total / n_b.clamp(min=1).to(total.dtype)[:, None]).to(self.dtype)
-            self._push_bank(n_b > 0, batch_mean)
-        self._count, self._mean, self._cov = count, mean, cov
-
-    def _update_synchronised(self, feats, labels, ignore_index, group) -> None:
-        import torch.distributed as dist
-
-        # Moments of z - mean[y] (the running means, equal on every process): they add across
-        # processes, and the shift keeps the one-pass covariance free of cancellation.
-        n_b, total, second = kernels.class_moments(feats, labels, self.num_classes,
+            raise ValueError(f"feats must have shape [N, {self.dim}] or [B, {self.dim}, h, w], got {shape}")
+        n_b, total, second = kernels.class_moments(feats.detach(), labels, self.num_classes,
                                                    ignore_index=ignore_index,
                                                    covariance=self._covariance, shift=self._mean)
-        flat = torch.cat([n_b.to(self.dtype), total.to(self.dtype).flatten(),
-                          second.to(self.dtype).flatten()])
-        dist.all_reduce(flat, group=group)
-        c, d = self.num_classes, self.dim
-        n_b, total, second = flat[:c], flat[c:c + c * d].view(c, d), flat[c + c * d:].view(second.shape)
+        if group is not None:
+            import torch.distributed as dist
+
+            flat = torch.cat([n_b.to(self.dtype), total.to(self.dtype).flatten(),
+                              second.to(self.dtype).flatten()])
+            dist.all_reduce(flat, group=group)
+            c, d = self.num_classes, self.dim
+            n_b, total, second = flat[:c], flat[c:c + c * d].view(c, d), flat[c + c * d:].view(second.shape)
+        n_b = n_b.to(self.dtype)
         weight_count = self._count if self._momentum is None else self._forgetting_count(n_b)
-        count, mean, cov = kernels.merge_class_moments(weight_count, self._mean, self._cov,
-                                                       n_b, total, second, shift=self._mean)
-        count = self._count + n_b
+        _, mean, cov = kernels.merge_class_moments(weight_count, self._mean, self._cov, n_b,
+                                                   total, second, shift=self._mean)
+        present = n_b > 0
+        batch_mean = torch.where(present[:, None], self._mean + total.to(self.dtype) / n_b.clamp(min=1)[:, None], 0.0)
         if self._memory_length > 0:
-            self._push_bank(n_b > 0, self._mean + total / n_b.clamp(min=1)[:, None])
-        self._count, self._mean, self._cov = count, mean, cov
+            self._push_bank(present, batch_mean)
+        self._count, self._mean, self._cov = self._count + n_b, mean, cov
+        return batch_mean
 
     def _forgetting_count(self, n_b: torch.Tensor) -> torch.Tensor:
         """The running count that makes the count-weighted merge forget exponentially.

@@ -21,23 +21,21 @@ Semantics follow the public SePiCo code (BIT-DA/SePiCo) with two deliberate diff
 - with C = 1 the regulariser is 0 (its sum of log-probabilities is identically 0) where the
   reference divides 0 by C log C = 0 and returns NaN.
 
-DistCL and ProtoCL run on the fused kernel ``kernels.dist_contrastive_loss`` one image at a time
-on a strided view of ``feat`` (no [N, D] copy, never an N x C x D temporary); BankCL runs a chunked
-PyTorch computation that writes its gradient in the forward, like the kernel.
+This module brings the labels to feature resolution and checks what only a map-level call can get
+wrong (batch, device, class count); the losses themselves, their validation and the regulariser
+are ``kernels.dist_contrastive_loss`` (DistCL, ProtoCL: the fused kernel) and
+``kernels.bank_contrastive_loss`` (BankCL), each called once on the whole [B, D, h, w] map: one
+launch, the map read in place, and its gradient written in the map's layout (the one [B, D, h, w]
+buffer that becomes ``feat``'s gradient; no per-image copies).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 import kernels
-
-FLOAT_FEATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
 
 # --------------------------------------------------------------------------- validation
 
@@ -47,8 +45,6 @@ def _check_feat(feat) -> None:
     if feat.dim() != 4:
         raise ValueError(f"feat must have shape [B, D, h, w] as a network emits it, got "
                          f"{tuple(feat.shape)}")
-    if feat.dtype not in FLOAT_FEATS:
-        raise TypeError(f"feat must be float32, float16, bfloat16 or float64, got {feat.dtype}")
 
 
 def _label_map(label) -> torch.Tensor:
@@ -62,39 +58,6 @@ def _label_map(label) -> torch.Tensor:
     if label.dim() != 4 or label.shape[1] != 1:
         raise ValueError(f"label must have shape [B, 1, H, W] or [B, H, W], got {tuple(label.shape)}")
     return label
-
-
-def _check_num_classes(num_classes) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if not 1 <= num_classes <= 256:
-        raise ValueError(f"num_classes must be in [1, 256], got {num_classes}")
-
-
-def _check_label_values(label: torch.Tensor, num_classes: int, ignore_index: int) -> None:
-    """One reduction and one host sync: every label is ignore_index or in [0, C)."""
-    if label.numel() == 0:
-        return
-    bad = (label != ignore_index) & ((label < 0) | (label >= num_classes))
-    if bool(bad.any()):
-        raise ValueError(f"label values must be in [0, {num_classes}) or ignore_index="
-                         f"{ignore_index}; found {int(label[bad][0])}")
-
-
-def _check_stats(mean, cov, num_classes: int, dim: int) -> None:
-    if not isinstance(mean, torch.Tensor):
-        raise TypeError(f"mean must be a torch.Tensor, got {type(mean).__name__}")
-    if tuple(mean.shape) != (num_classes, dim):
-        raise ValueError(f"mean must have shape [num_classes, D] = [{num_classes}, {dim}] "
-                         f"(D from feat's channels), got {tuple(mean.shape)}")
-    if cov is None:
-        return
-    if not isinstance(cov, torch.Tensor):
-        raise TypeError(f"cov must be a torch.Tensor, got {type(cov).__name__}")
-    if tuple(cov.shape) not in ((num_classes, dim), (num_classes, dim, dim)):
-        raise ValueError(f"cov must have shape [{num_classes}, {dim}] (diagonal) or "
-                         f"[{num_classes}, {dim}, {dim}] (full) to match mean, got "
-                         f"{tuple(cov.shape)}")
 
 
 # --------------------------------------------------------------------------- labels
@@ -119,16 +82,16 @@ def downscale_labels(label, scale_factor, *, num_classes, min_ratio=0.75, ignore
         [B, 1, H / scale_factor, W / scale_factor] int64 labels.
     """
     label = _label_map(label)
-    _check_num_classes(num_classes)
+    kernels.check_num_classes(num_classes)
     if isinstance(scale_factor, bool) or not isinstance(scale_factor, int) or scale_factor < 1:
         raise ValueError(f"scale_factor must be a positive int, got {scale_factor!r}")
     batch, _, height, width = label.shape
     if height % scale_factor or width % scale_factor:
         raise ValueError(f"label size {height} x {width} is not a multiple of scale_factor "
                          f"{scale_factor}")
-    _check_label_values(label, num_classes, ignore_index)
+    kernels.check_label_range(label, num_classes, ignore_index)
     if scale_factor == 1:
-        return label.to(torch.int64, copy=True)
+        return kernels.mark_labels_checked(label.to(torch.int64, copy=True), num_classes, ignore_index)
     s = scale_factor
     h, w = height // s, width // s
     cells = label.reshape(batch, h, s, w, s)
@@ -145,7 +108,9 @@ def downscale_labels(label, scale_factor, *, num_classes, min_ratio=0.75, ignore
     # The reference averages a float one-hot; its share is this exact float32 quotient.
     share = best_count.to(torch.float32) / float(s * s)
     drop = (best_class == num_classes) | (share < min_ratio)
-    return torch.where(drop, ignore_index, best_class).unsqueeze(1)
+    # Winners of checked labels: in range by construction, so no op checks (or syncs) again.
+    return kernels.mark_labels_checked(torch.where(drop, ignore_index, best_class).unsqueeze(1),
+                                       num_classes, ignore_index)
 
 
 def labels_at_feature_resolution(label, feat_size, *, use_avg_pool=True, scale_min_ratio=0.75,
@@ -157,7 +122,7 @@ def labels_at_feature_resolution(label, feat_size, *, use_avg_pool=True, scale_m
     neighbour, the top-left pixel of each cell. Returns [B, 1, h, w] int64.
     """
     label = _label_map(label)
-    _check_num_classes(num_classes)
+    kernels.check_num_classes(num_classes)
     h, w = int(feat_size[0]), int(feat_size[1])
     height, width = label.shape[-2:]
     factor = width // w if w > 0 else 0
@@ -168,84 +133,41 @@ def labels_at_feature_resolution(label, feat_size, *, use_avg_pool=True, scale_m
     if use_avg_pool:
         return downscale_labels(label, factor, num_classes=num_classes, min_ratio=scale_min_ratio,
                                 ignore_index=ignore_index)
-    _check_label_values(label, num_classes, ignore_index)
-    return label[:, :, ::factor, ::factor].to(torch.int64, copy=True)
+    kernels.check_label_range(label, num_classes, ignore_index)
+    return kernels.mark_labels_checked(label[:, :, ::factor, ::factor].to(torch.int64, copy=True),
+                                       num_classes, ignore_index)
 
 
-def _pixels(feat: torch.Tensor, label, *, use_avg_pool, scale_min_ratio, num_classes,
-            ignore_index):
-    """Per image: its [h*w, D] pixel rows (a view of ``feat``, rows in (row, column) order) and
-    its [h*w] labels at feature resolution; and the number of valid pixels (a 0-d tensor)."""
-    batch, dim, h, w = feat.shape
+def _feature_labels(feat: torch.Tensor, label, *, use_avg_pool, scale_min_ratio, num_classes,
+                    ignore_index) -> torch.Tensor:
+    """The labels [B, h, w] of ``feat``'s pixels (``labels_at_feature_resolution``)."""
+    _check_feat(feat)
     label = _label_map(label)
-    if label.shape[0] != batch:
-        raise ValueError(f"label has batch size {label.shape[0]} but feat has {batch}")
+    if label.shape[0] != feat.shape[0]:
+        raise ValueError(f"label has batch size {label.shape[0]} but feat has {feat.shape[0]}")
     if label.device != feat.device:
         raise ValueError(f"label is on {label.device} but feat is on {feat.device}")
-    small = labels_at_feature_resolution(label, (h, w), use_avg_pool=use_avg_pool,
-                                         scale_min_ratio=scale_min_ratio,
-                                         num_classes=num_classes, ignore_index=ignore_index)
-    small = small.view(batch, h * w)
-    # unbind, not indexing: its backward stacks the per-image gradients into one [B, D, h, w]
-    # tensor, where indexing would allocate a full zero tensor per image.
-    rows = [image.reshape(dim, h * w).T for image in feat.unbind(0)]
-    return rows, list(small.unbind(0)), (small != ignore_index).sum()
+    small = labels_at_feature_resolution(label, feat.shape[-2:], use_avg_pool=use_avg_pool,
+                                         scale_min_ratio=scale_min_ratio, num_classes=num_classes,
+                                         ignore_index=ignore_index).squeeze(1)
+    return kernels.mark_labels_checked(small, num_classes, ignore_index)
 
 
-def _regulariser(rows, labels, n_valid, mean, temperature, num_classes, ignore_index, acc):
-    """R = sum_c log softmax_c(zbar . mu_c / tau) / (C log C); 0 when no pixel is valid.
-
-    zbar is a sum of per-image matrix-vector products over the valid-pixel mask divided by the
-    valid count, so no [N, D] temporary appears in the forward.
-    """
-    total = None
-    for z, y in zip(rows, labels):
-        part = z.T.to(acc).mv((y != ignore_index).to(acc))
-        total = part if total is None else total + part
-    zbar = total / n_valid.clamp(min=1).to(acc)
-    log_p = torch.log_softmax(zbar @ mean.detach().to(acc).T / temperature, dim=0).sum()
-    # C = 1: the single log-probability is exactly 0; the reference's 0 / (1 * log 1) is NaN.
-    reg = log_p / (num_classes * math.log(num_classes)) if num_classes > 1 else log_p
-    return torch.where(n_valid > 0, reg, torch.zeros_like(reg))
-
-
-def _pixel_mean(parts, rows, labels, n_valid, *, mean, temperature, num_classes, reg_weight,
-                ignore_index):
-    """The per-image loss sums ``parts`` added up over the batch and divided by the valid pixel
-    count, plus ``reg_weight`` times the regulariser."""
-    total = None
-    for part in parts:
-        total = part if total is None else total + part
-    loss = total / n_valid.clamp(min=1).to(total.dtype)
-    if reg_weight > 0:
-        loss = loss + reg_weight * _regulariser(rows, labels, n_valid, mean, temperature,
-                                                num_classes, ignore_index, total.dtype)
-    return loss
-
-
-def _check_common(temperature, reg_weight):
-    if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    if not (isinstance(reg_weight, (int, float)) and 0 <= reg_weight < float("inf")):
-        raise ValueError(f"reg_weight must be a finite number >= 0, got {reg_weight!r}")
+def _check_classes(stats: torch.Tensor, num_classes: int, name: str) -> None:
+    if isinstance(stats, torch.Tensor) and stats.dim() >= 1 and stats.shape[0] != num_classes:
+        raise ValueError(f"{name} must have shape [num_classes = {num_classes}, D], got "
+                         f"{tuple(stats.shape)}")
 
 
 # --------------------------------------------------------------------------- DistCL / ProtoCL
 
 def _statistics_loss(feat, label, mean, cov, *, ratio, temperature, use_avg_pool,
                      scale_min_ratio, num_classes, reg_weight, ignore_index):
-    _check_feat(feat)
-    _check_num_classes(num_classes)
-    _check_common(temperature, reg_weight)
-    _check_stats(mean, cov, num_classes, feat.shape[1])
-    rows, labels, n_valid = _pixels(feat, label, use_avg_pool=use_avg_pool,
-                                    scale_min_ratio=scale_min_ratio, num_classes=num_classes,
-                                    ignore_index=ignore_index)
-    parts = (kernels.dist_contrastive_loss(z, y, mean, cov, ratio=ratio, temperature=temperature,
-                                           ignore_index=ignore_index, reduction="sum")
-             for z, y in zip(rows, labels))
-    return _pixel_mean(parts, rows, labels, n_valid, mean=mean, temperature=temperature,
-                       num_classes=num_classes, reg_weight=reg_weight, ignore_index=ignore_index)
+    small = _feature_labels(feat, label, use_avg_pool=use_avg_pool, scale_min_ratio=scale_min_ratio,
+                            num_classes=num_classes, ignore_index=ignore_index)
+    _check_classes(mean, num_classes, "mean")
+    return kernels.dist_contrastive_loss(feat, small, mean, cov, ratio=ratio, temperature=temperature,
+                                         ignore_index=ignore_index, reg_weight=reg_weight)
 
 
 def dist_contrastive_loss(feat, label, mean, cov, *, ratio=1.0, temperature=100.0,
@@ -292,24 +214,17 @@ def proto_contrastive_loss(feat, label, mean, *, temperature=100.0, use_avg_pool
 
 # --------------------------------------------------------------------------- BankCL
 
-@dataclass(frozen=True)
-class _PackedBank:
-    """A memory bank as one tensor: class c owns rows ``offsets[c]:offsets[c + 1]``."""
-    entries: torch.Tensor   # [M, D]
-    offsets: tuple          # C + 1 ints
-    means: torch.Tensor     # [C, D]: the mean entry of each class
-
-
-def _pack_bank(bank, num_classes: int, dim: int, device) -> _PackedBank:
-    """Accepts a sequence of C tensors [L_c, D] (``ClassDistributionEstimator.bank``) or of C
-    sequences of [1, D] / [D] tensors (the reference estimator's deques)."""
+def _bank_tensor(bank, num_classes: int, dim: int, device):
+    """A sequence of C tensors [L_c, D] (``ClassDistributionEstimator.bank``) or of C sequences of
+    [1, D] / [D] tensors (the reference estimator's deques) as ``kernels.bank_contrastive_loss``'s
+    [C, max L_c, D] queues and [C] lengths."""
     if isinstance(bank, torch.Tensor) or not isinstance(bank, Sequence):
         raise TypeError("bank must be a sequence of C tensors [L_c, D] (oldest entry first), "
                         f"got {type(bank).__name__}")
     if len(bank) != num_classes:
         raise ValueError(f"bank must hold one queue per class: {num_classes} expected, got "
                          f"{len(bank)}")
-    queues, offsets = [], [0]
+    queues = []
     for c, queue in enumerate(bank):
         if not isinstance(queue, torch.Tensor):
             queue = torch.cat([torch.as_tensor(e).reshape(-1, dim) for e in queue]) if len(queue) \
@@ -317,102 +232,17 @@ def _pack_bank(bank, num_classes: int, dim: int, device) -> _PackedBank:
         if queue.dim() != 2 or queue.shape[1] != dim:
             raise ValueError(f"bank[{c}] must have shape [L, {dim}] (D from feat's channels), got "
                              f"{tuple(queue.shape)}")
-        if queue.shape[0] == 0:
-            raise ValueError(f"bank[{c}] is empty: BankCL needs at least one entry per class "
-                             "(an estimator with memory_length=0 keeps no bank)")
         if not queue.is_floating_point():
             raise TypeError(f"bank[{c}] must be floating point, got {queue.dtype}")
         if queue.requires_grad:
             raise ValueError(f"bank[{c}] must not require grad: the bank holds constants")
-        queues.append(queue.to(device))
-        offsets.append(offsets[-1] + queue.shape[0])
+        queues.append(queue)
     dtype = torch.promote_types(torch.float32, queues[0].dtype)
-    entries = torch.cat([q.to(dtype) for q in queues])
-    means = torch.stack([q.to(dtype).mean(0) for q in queues])
-    return _PackedBank(entries=entries, offsets=tuple(offsets), means=means)
-
-
-def _bank_chunk_rows(length: int, num_classes: int, dim: int) -> int:
-    # Temporaries per chunk are chunk x max(L, C, D) floats: keep them near 4M elements.
-    return max(64, (1 << 22) // max(length, num_classes, dim))
-
-
-def _softplus(t):
-    # log(1 + exp(t)) without overflow and without softplus's linear cut-off above 20.
-    return t.clamp(min=0) + torch.log1p(torch.exp(-t.abs()))
-
-
-def _bank_forward(z, y, bank: _PackedBank, temperature, ignore_index, want_grad):
-    """Sum over valid pixels of l_i and, if wanted, the [N, D] gradient of that sum.
-
-    Pixels are grouped by class with one stable sort; class c's pixels meet c's queue in chunks:
-        pos = z B_c^T / tau [n, L],  neg = z bbar^T / tau [n, C] with column c at -inf,
-        G = logsumexp(neg),  t = G - pos,  l = mean_j softplus(t_j),
-        dl/dz = (-sigmoid(t) / L) B_c / tau + (mean_j sigmoid(t_j)) softmax(neg) bbar / tau.
-    """
-    n, dim = z.shape
-    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-    num_classes = bank.means.shape[0]
-    entries = bank.entries.to(acc) / temperature
-    means = bank.means.to(acc) / temperature
-    total = torch.zeros((), dtype=acc, device=z.device)
-    grad = torch.zeros(n, dim, dtype=acc, device=z.device) if want_grad else None
-    key = torch.where(y == ignore_index, num_classes, y.long())
-    order = torch.sort(key, stable=True).indices
-    bounds = [0] + torch.bincount(key, minlength=num_classes + 1).cumsum(0).tolist()
-    for c in range(num_classes):
-        members = order[bounds[c]:bounds[c + 1]]
-        if members.numel() == 0:
-            continue
-        queue = entries[bank.offsets[c]:bank.offsets[c + 1]]
-        step = _bank_chunk_rows(queue.shape[0], num_classes, dim)
-        for start in range(0, members.numel(), step):
-            idx = members[start:start + step]
-            zc = z.index_select(0, idx).to(acc)
-            pos = zc @ queue.T
-            neg = zc @ means.T
-            neg[:, c] = float("-inf")
-            lse = torch.logsumexp(neg, dim=1)  # -inf when C = 1: no negatives, l = 0
-            t = lse[:, None] - pos
-            total = total + _softplus(t).mean(dim=1).sum()
-            if want_grad:
-                sig = torch.sigmoid(t) / queue.shape[0]
-                g = -(sig @ queue)
-                if num_classes > 1:
-                    g += sig.sum(dim=1, keepdim=True) * (torch.softmax(neg, dim=1) @ means)
-                grad.index_copy_(0, idx, g)
-    return total, grad
-
-
-@dataclass(frozen=True)
-class _BankParams:
-    bank: _PackedBank
-    temperature: float
-    ignore_index: int
-
-
-class _BankContrastiveFunction(torch.autograd.Function):
-    """Sum of BankCL pixel losses; the gradient is computed in the forward and scaled later."""
-
-    @staticmethod
-    def forward(ctx, z, y, params):
-        total, grad = _bank_forward(z, y, params.bank, params.temperature, params.ignore_index, True)
-        ctx.save_for_backward(z, y)
-        ctx.params = params
-        ctx.grad = grad
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if torch.is_grad_enabled():
-            raise RuntimeError("bank_contrastive_loss has a first-order gradient only: double "
-                               "backward (create_graph=True) is not supported")
-        z, y = ctx.saved_tensors
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:  # a second backward through a retained graph: recompute
-            params = ctx.params
-            _, grad = _bank_forward(z, y, params.bank, params.temperature, params.ignore_index, True)
-        return grad.mul_(grad_output.to(grad.dtype)).to(z.dtype), None, None
+    lengths = torch.tensor([q.shape[0] for q in queues], device=device)
+    packed = torch.zeros(num_classes, max(1, int(lengths.max())), dim, dtype=dtype, device=device)
+    for c, queue in enumerate(queues):
+        packed[c, :queue.shape[0]] = queue.to(device=device, dtype=dtype)
+    return packed, lengths
 
 
 def bank_contrastive_loss(feat, label, bank, *, temperature=100.0, use_avg_pool=True,
@@ -430,32 +260,17 @@ def bank_contrastive_loss(feat, label, bank, *, temperature=100.0, use_avg_pool=
             ``reg_weight > 0``).
 
     Returns:
-        0-d loss: mean over valid pixels of l_i (module docstring) plus ``reg_weight * R``. A
-        zero connected to ``feat`` when no pixel is valid. Extra memory: an [N, D] gradient
-        buffer plus chunk x max(L, C, D) temporaries.
+        0-d loss: mean over valid pixels of l_i (``kernels.bank_contrastive_loss``) plus
+        ``reg_weight * R``. A zero connected to ``feat`` when no pixel is valid.
     """
-    _check_feat(feat)
-    _check_num_classes(num_classes)
-    _check_common(temperature, reg_weight)
-    dim = feat.shape[1]
-    if reg_weight > 0:
-        if mean is None:
-            raise ValueError("mean [C, D] is required when reg_weight > 0")
-        _check_stats(mean, None, num_classes, dim)
-        if mean.requires_grad:
-            raise ValueError("mean must not require grad: the class statistics are constants")
-    packed = _pack_bank(bank, num_classes, dim, feat.device)
-    rows, labels, n_valid = _pixels(feat, label, use_avg_pool=use_avg_pool,
-                                    scale_min_ratio=scale_min_ratio, num_classes=num_classes,
-                                    ignore_index=ignore_index)
-    params = _BankParams(bank=packed, temperature=float(temperature), ignore_index=ignore_index)
-    if torch.is_grad_enabled() and feat.requires_grad:
-        parts = (_BankContrastiveFunction.apply(z, y, params) for z, y in zip(rows, labels))
-    else:
-        parts = (_bank_forward(z, y, packed, params.temperature, ignore_index, False)[0]
-                 for z, y in zip(rows, labels))
-    return _pixel_mean(parts, rows, labels, n_valid, mean=mean, temperature=temperature,
-                       num_classes=num_classes, reg_weight=reg_weight, ignore_index=ignore_index)
+    small = _feature_labels(feat, label, use_avg_pool=use_avg_pool, scale_min_ratio=scale_min_ratio,
+                            num_classes=num_classes, ignore_index=ignore_index)
+    if mean is not None:
+        _check_classes(mean, num_classes, "mean")
+    queues, lengths = _bank_tensor(bank, num_classes, feat.shape[1], feat.device)
+    return kernels.bank_contrastive_loss(feat, small, queues, lengths, temperature=temperature,
+                                         ignore_index=ignore_index, reg_weight=reg_weight,
+                                         mean=mean)
 
 
 # --------------------------------------------------------------------------- module

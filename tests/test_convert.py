@@ -278,7 +278,7 @@ def test_init_checkpoint_starts_a_run_from_a_converted_file(tmp_path, capsys):
                            ("projection_head.convs.1.bn.running_var", "auxiliary_head.convs.1.bn.running_var")):
         assert torch.equal(trainer.model.state_dict()[ours].cpu(), state[official]), ours
         assert torch.equal(trainer.teacher.state_dict()[ours].cpu(), state[official]), ours  # EMA starts equal
-    assert int(trainer.estimator.state_dict()["count"].sum()) == 0
+    assert int(trainer.sepico.estimator.state_dict()["count"].sum()) == 0
 
     cfg.model.proj_dim = PROJ + 1  # the file's projection head is PROJ wide
     with pytest.raises(ConfigError, match=r"does not match model deeplabv2_r18.*shape mismatch"):

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+import kernels
+
 from sepico import losses
 from sepico.estimator import ClassDistributionEstimator
 from tests.parity import assert_parity
@@ -88,6 +90,19 @@ def test_loss_and_gradient(kind, config, dt):
     assert_parity(grad, want_grad, dtype, what=f"golden {kind} grad")
     ignored = torch.tensor(data["labels"]) == 255
     assert not grad[ignored].any()
+
+
+@pytest.mark.parametrize("kind,config", [(k, c) for k, c, dt in LOSS_CASES if dt == "f32"])
+def test_loss_and_gradient_on_the_triton_kernels(kind, config):
+    """The float32 golden cases once more with the Triton kernels (the interpreter here), BankCL's
+    included."""
+    data = load(LOSS_FILES[kind])
+    with kernels.backend("triton"):
+        loss, grad = run_loss(kind, data, config, torch.float32)
+    assert_parity(loss, torch.tensor(float(data[f"{config}__loss_f32"]), dtype=torch.float64),
+                  torch.float32, what=f"golden {kind} loss (triton)")
+    assert_parity(grad, torch.tensor(data[f"{config}__grad_f32"], dtype=torch.float64),
+                  torch.float32, what=f"golden {kind} grad (triton)")
 
 
 @pytest.mark.parametrize("kind,config", [(k, c) for k, c, dt in LOSS_CASES

@@ -41,7 +41,8 @@ def confident_labels(scores: torch.Tensor, *, threshold: float, mode: str, ignor
     ``pseudo_labels`` from the top score."""
     conf, labels = scores.max(dim=1)
     confident = (conf >= threshold).float()
-    weights = confident if mode == "pixel" else torch.full_like(conf, confident.mean().item())
+    # dacs: the share as a tensor (no host sync), the same float32 value at every pixel.
+    weights = confident if mode == "pixel" else confident.mean().expand_as(conf).clone()
     if ignore_top:
         weights[:, :ignore_top] = 0
     if ignore_bottom:

@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sepico.data.names import SOURCES, TARGETS
+from sepico.method import CONTRASTIVE_VARIANTS, RATIO_SCHEDULES
 
-VARIANTS = ("dist", "proto", "bank", "self_training", "source_only")
-CONTRASTIVE_VARIANTS = ("dist", "proto", "bank")  # the variants with a contrastive loss
+VARIANTS = CONTRASTIVE_VARIANTS + ("self_training", "source_only")
 COVARIANCES = ("diag", "full")
 PSEUDO_WEIGHTS = ("dacs", "pixel")
-RATIO_SCHEDULES = ("constant", "linear")
 TEACHER_STATISTICS = ("batch", "running")
 TARGET_PASSES = ("projection", "full")
 MIX_CLASSES = ("batch", "image")
@@ -98,7 +97,7 @@ class MethodConfig:
     scale_min_ratio: float = 0.75
     ema_alpha: float = 0.999
     # The official iteration (mmseg/models/uda/sepico.py); the alternatives reproduce this
-    # project's earlier loop, for comparison (README "Ablation").
+    # project's earlier loop, for comparison (docs/ablation.md).
     teacher_statistics: str = "batch"  # batch: teacher BatchNorm on its batch, EMA of parameters only;
     #                                    running: eval-mode teacher, EMA of buffers too
     target_pass: str = "projection"  # target contrastive pass: encoder + projection head | full (+ decode head)

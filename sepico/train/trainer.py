@@ -11,6 +11,11 @@ with pseudo labels), ClassMix image (encoder + decode head: pseudo-weighted cros
 AdamW step. Each loss is backpropagated as soon as it is formed, so at most one student graph is
 alive at a time. Under torchrun the gradients of all passes are averaged over the ranks once,
 before the step.
+
+The SePiCo part of a pass (labels at feature resolution, the estimator update, the contrastive
+loss) is ``sepico.method.SePiCo``; the torchrun glue is ``sepico.train.distributed``; this module
+keeps the passes, the loop, logging, evaluation and checkpoints. A step reads the device three
+times (the two label range checks and the logged values, fetched together; ``tests/test_method.py``).
 """
 from __future__ import annotations
 
@@ -30,19 +35,18 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from sepico import losses
 from sepico.data.cityscapes import IGNORE_INDEX
 from sepico.data.night import class_prior_weights, dark_zurich_prior, fuse_day_night
 from sepico.data.real import DatasetError
 from sepico.data.transforms import normalize
-from sepico.estimator import ClassDistributionEstimator
 from sepico.evaluation import evaluate
+from sepico.method import CONTRASTIVE_VARIANTS, SePiCo
 from sepico.models import build_model, load_pretrained_encoder, weight_problems
 from sepico.models.heads import resize_to
 from sepico.train import augment
 from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoints, newest_readable_checkpoint,
                                      prune_checkpoints, read_checkpoint, remove_stale_temporaries)
-from sepico.train.config import CONTRASTIVE_VARIANTS, Config, ConfigError
+from sepico.train.config import Config, ConfigError
 from sepico.train.data import BatchStream, build_datasets
 from sepico.train.distributed import any_rank, average_gradients, broadcast_from_first, init_distributed
 
@@ -171,10 +175,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, cfg.train.max_iters, o.warmup_iters,
                                                  o.warmup_ratio, o.power))
-        self.estimator = ClassDistributionEstimator(
-            cfg.model.num_classes, cfg.model.proj_dim, covariance=m.covariance,
-            memory_length=m.memory_length if m.variant == "bank" else 0, momentum=m.momentum,
-            device=self.device)
+        # The SePiCo part (estimator + contrastive loss); None for the variants without one.
+        self.sepico = (SePiCo.from_config(m, num_classes=cfg.model.num_classes, dim=cfg.model.proj_dim,
+                                          max_iters=cfg.train.max_iters, device=self.device)
+                       if m.variant in CONTRASTIVE_VARIANTS else None)
         # Class weights of the decode-head cross-entropy and the day-night pseudo labels (official
         # class_weight: Dark Zurich's class prior at scale method.class_prior); None = unweighted.
         self.class_prior = class_prior_weights(m.class_prior).to(self.device) if m.class_prior else None
@@ -247,21 +251,6 @@ class Trainer:
                 else:
                     t.copy_(s)
 
-    def _contrastive(self, emb, label):
-        m = self.cfg.method
-        opts = dict(temperature=m.temperature, use_avg_pool=m.use_avg_pool,
-                    scale_min_ratio=m.scale_min_ratio, num_classes=self.cfg.model.num_classes,
-                    reg_weight=m.reg_weight)
-        est = self.estimator
-        if m.variant == "dist":
-            ratio = m.ratio * (self.iteration / self.cfg.train.max_iters if m.ratio_schedule == "linear" else 1.0)
-            loss = losses.dist_contrastive_loss(emb, label, est.mean, est.cov, ratio=ratio, **opts)
-        elif m.variant == "proto":
-            loss = losses.proto_contrastive_loss(emb, label, est.mean, **opts)
-        else:
-            loss = losses.bank_contrastive_loss(emb, label, est.bank, mean=est.mean, **opts)
-        return m.contrast_weight * loss
-
     def _source_ce(self, logits, label):
         """mmseg 0.16's decode-head loss: the mean over all pixels, ignored ones counting 0
         (``ce_reduction = "all"``), or over the labelled pixels only (``"valid"``)."""
@@ -313,17 +302,15 @@ class Trainer:
             labels, weights = self._pseudo_labels(images, days)
         return images, labels, weights
 
-    def _update_distribution(self, src_img, src_lbl) -> None:
+    def _update_distribution(self, src_img, src_lbl) -> torch.Tensor:
         """Teacher embeddings of the weak source batch (encoder + projection head) update the
-        class distribution; target features never enter it."""
-        m = self.cfg.method
+        class distribution; target features never enter it. Returns the source labels at
+        feature resolution, which the source pass's contrastive loss reuses."""
         with self._teacher_pass():
             emb = self.teacher.project(self.teacher.encode(normalize(src_img)))
-        small = losses.labels_at_feature_resolution(
-            src_lbl, emb.shape[-2:], use_avg_pool=m.use_avg_pool, scale_min_ratio=m.scale_min_ratio,
-            num_classes=self.cfg.model.num_classes)
-        feats = emb.float().permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
-        self.estimator.update(feats, small.reshape(-1), group=self.group)
+        labels = self.sepico.labels(src_lbl, emb.shape[-2:])
+        self.sepico.update(emb, labels, group=self.group)
+        return labels
 
     # ------------------------------------------------------------------ one iteration
 
@@ -345,31 +332,32 @@ class Trainer:
         strong = augment.draw_strong(self.gen, strength=m.color_jitter_strength,
                                      jitter_p=m.color_jitter_p, blur_p=m.blur_p)
         log = {}
-        pseudo = None
+        pseudo = src_small = None
         if self_training:  # teacher, one pass per domain
             tgt_img, *pseudo = self._target_pseudo_labels(tgt_img, days)
-            log["pseudo_weight"] = pseudo[1].mean().item()
+            log["pseudo_weight"] = pseudo[1].mean()
         if contrastive:  # every iteration, also before start_distribution_iter
-            self._update_distribution(src_img, src_lbl)
-        log |= self._source_pass(src_img, src_lbl, strong, contrast_now)
+            src_small = self._update_distribution(src_img, src_lbl)
+        log |= self._source_pass(src_img, src_lbl, strong, src_small if contrast_now else None)
         if contrast_now and self_training:
             log |= self._target_pass(tgt_img, *pseudo, strong)
         if self_training and m.mix:
             log |= self._mix_pass(src_img, src_lbl, tgt_img, *pseudo, strong)
         return self._update(log)
 
-    def _source_pass(self, images, labels, strong, contrast: bool) -> dict:
+    def _source_pass(self, images, labels, strong, contrast_labels) -> dict:
         """Student, strongly augmented source: decode head + cross-entropy; from
-        start_distribution_iter on also the projection head + contrastive loss."""
+        start_distribution_iter on (``contrast_labels``: the labels at feature resolution) also
+        the projection head + contrastive loss."""
         with self._autocast():
             feats = self.model.encode(normalize(augment.strong_augment(images, strong, self.gen)))
             loss = self._source_ce(self.model.decode(feats), labels)
-        log = {"loss_ce": loss.item()}
-        if contrast:
+        log = {"loss_ce": loss.detach()}
+        if contrast_labels is not None:
             with self._autocast():
                 emb = self.model.project(feats)
-            cl = self._contrastive(emb, labels)
-            log["loss_cl_src"] = cl.item()
+            cl = self.sepico.loss(emb, contrast_labels, self.iteration)
+            log["loss_cl_src"] = cl.detach()
             loss = loss + cl
         loss.backward()
         return log
@@ -383,9 +371,10 @@ class Trainer:
             emb = self.model.project(feats)
             if self.cfg.method.target_pass == "full":  # the earlier loop: the decode head ran here too
                 self.model.decode(feats)
-        cl = self._contrastive(emb, torch.where(weights > 0, labels, IGNORE_INDEX))
+        small = self.sepico.labels(torch.where(weights > 0, labels, IGNORE_INDEX), emb.shape[-2:])
+        cl = self.sepico.loss(emb, small, self.iteration)
         cl.backward()
-        return {"loss_cl_tgt": cl.item()}
+        return {"loss_cl_tgt": cl.detach()}
 
     def _mix_pass(self, src_img, src_lbl, tgt_img, labels, weights, strong) -> dict:
         """ClassMix, encoder + decode head: source classes pasted from the weak source onto the
@@ -401,11 +390,13 @@ class Trainer:
                                  ignore_index=IGNORE_INDEX, reduction="none")
         loss = (ce * mixed_w).mean()
         loss.backward()
-        return {"loss_mix": loss.item()}
+        return {"loss_mix": loss.detach()}
 
     def _update(self, log: dict) -> dict:
         """The optimiser step (gradients averaged over the ranks), or none when a loss is not
-        finite on any rank; the schedule; the ranks' BatchNorm statistics made equal."""
+        finite on any rank; the schedule; the ranks' BatchNorm statistics made equal. The step's
+        logged values come to the host here, in one transfer."""
+        log = dict(zip(log, torch.stack([v.float() for v in log.values()]).tolist())) if log else {}
         bad = {k: v for k, v in log.items() if k.startswith("loss") and not math.isfinite(v)}
         skip = any_rank(bool(bad), self.device) if self.world > 1 else bool(bad)  # every rank alike
         if skip:  # no update from this step: the model stays at its last finite state
@@ -461,7 +452,7 @@ class Trainer:
             "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "estimator": self.estimator.state_dict(),
+            "estimator": None if self.sepico is None else self.sepico.state_dict(),
             "rng": rng,
             "world_size": self.world,
         }
@@ -489,7 +480,8 @@ class Trainer:
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.estimator.load_state_dict(state["estimator"])
+        if self.sepico is not None:
+            self.sepico.load_state_dict(state["estimator"])
         if state.get("world_size", 1) != self.world:
             raise ConfigError(f"--resume: {path} was written by {state.get('world_size', 1)} "
                               f"process(es); resume with the same number (now {self.world})")
