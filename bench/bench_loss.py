@@ -1,7 +1,7 @@
 """Pixel contrastive losses (DistCL diagonal and full covariance; ProtoCL; BankCL):
 forward + backward, backward alone, and forward with gradients off, against the eager
 reference loss of sepico/reference.py and the same reference under torch.compile."""
-from bench.common import check_rows
+from bench.runner import check_rows
 
 FAMILY = "loss"
 

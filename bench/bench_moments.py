@@ -1,6 +1,6 @@
 """Per-class counts, sums and second moments (diagonal and full) of one batch, against the
 one-hot matmul reference of sepico/reference.py and the same reference under torch.compile."""
-from bench.common import check_rows
+from bench.runner import check_rows
 
 FAMILY = "moments"
 

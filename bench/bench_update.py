@@ -1,7 +1,7 @@
 """Count-weighted class-distribution update (diagonal and full covariance), against the eager
 reference of sepico/reference.py, the same reference under torch.compile, and the one-hot
 N x C x D update the public estimator uses (diagonal only)."""
-from bench.common import check_rows
+from bench.runner import check_rows
 
 FAMILY = "update"
 

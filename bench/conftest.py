@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import pytest
 
-from bench import common, report
+from bench import cases, report, runner
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("sepico bench")
-    group.addoption("--bench-set", choices=common.SETS, default="quick",
+    group.addoption("--bench-set", choices=cases.SETS, default="quick",
                     help="quick: the CPU target cases; tiny: the same, small; medium: every op, size and implementation "
                          "at D = 256, float32; full: D in 64, 256, 512, float32 and bfloat16")
     group.addoption("--bench-device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -43,7 +43,7 @@ def pytest_configure(config):
     budget = opt("--bench-budget")
     if budget is None:
         budget = 25.0 if opt("--bench-set") == "quick" else 10.0
-    config._bench = common.Settings(set_name=opt("--bench-set"), device=device,
+    config._bench = cases.Settings(set_name=opt("--bench-set"), device=device,
                                     threads=opt("--bench-threads"), budget_s=budget)
     config._bench_rows = []
     torch.set_num_threads(config._bench.threads)
@@ -53,7 +53,7 @@ def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
         family = metafunc.module.FAMILY
         settings = metafunc.config._bench
-        found = common.cases(family, settings.set_name, settings.device)
+        found = cases.cases(family, settings.set_name, settings.device)
         metafunc.parametrize("case", found, ids=[c.id for c in found])
 
 
@@ -64,7 +64,7 @@ def measure(request, benchmark):
 
     def run(case):
         benchmark.group = case.id
-        rows = common.run_case(case, config._bench, benchmark)
+        rows = runner.run_case(case, config._bench, benchmark)
         config._bench_rows.extend(rows)
         benchmark.extra_info["rows"] = [report.row_dict(r) for r in rows]
         benchmark.extra_info["note"] = ("pytest-benchmark times one interleaved round of every "

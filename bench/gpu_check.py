@@ -80,9 +80,9 @@ def benchmark(py: str, cuda: bool, tmp: Path) -> dict:
 
 def bandwidth_table(rows: list[dict], device: str) -> list[dict]:
     """Per op, mode and implementation: median, speed-up over eager, GB/s and share of peak."""
-    from bench import common
+    from bench import cases, environment
 
-    peak = common.peak_bytes_per_s(device) if device else None
+    peak = environment.peak_bytes_per_s(device) if device else None
     eager = {(r["op"], r["mode"]): r["median_s"] for r in rows
              if r["impl"].startswith("eager") and r.get("median_s")}
     table = []
@@ -90,7 +90,7 @@ def bandwidth_table(rows: list[dict], device: str) -> list[dict]:
         if r.get("status") != "ok" or not r.get("median_s"):
             table.append({"op": r["op"], "mode": r["mode"], "impl": r["impl"], "status": r.get("status")})
             continue
-        nbytes, flops = common.work(common.Case(
+        nbytes, flops = environment.work(cases.Case(
             family=_family(r["op"]), op=r["op"], kind="forward", n=r["n"], d=r["d"], dtype=r["dtype"],
             impls=()), r["mode"])
         gbps = nbytes / r["median_s"] / 1e9
@@ -162,14 +162,14 @@ def main(argv=None) -> int:
     import torch
     import triton
 
-    from bench import common
+    from bench import environment
 
     cuda = torch.cuda.is_available()
     if not cuda:
         print("no CUDA device: dry run", flush=True)
     started = time.perf_counter()
     py = sys.executable
-    device = common.device_name("cuda" if cuda else "cpu")
+    device = environment.device_name("cuda" if cuda else "cpu")
     report = {"cuda": cuda, "date": _dt.datetime.now().isoformat(timespec="seconds"),
               "environment": {"device": device, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
                               "triton": triton.__version__, "install_s": args.install_s,
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     folders = [Path(args.out)] if args.out else []
     if cuda:
         folders.append(ROOT / "bench" / "results")
-    stem = f"{common.device_slug(device)}-{_dt.date.today().isoformat()}-gpu-check"
+    stem = f"{environment.device_slug(device)}-{_dt.date.today().isoformat()}-gpu-check"
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

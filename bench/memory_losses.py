@@ -27,7 +27,7 @@ import platform
 import subprocess
 import sys
 
-from bench.common import status_kb
+from bench.memory import status_kb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, C, STRIDE, MEMORY = 2, 19, 4, 200

@@ -13,7 +13,7 @@ import statistics
 import sys
 from dataclasses import asdict
 
-from bench import common
+from bench import cases, environment
 
 MB = 1e6
 MODE_ORDER = {"fwd+bwd": 0, "bwd": 1, "fwd (no grad)": 2, "forward": 3}
@@ -35,7 +35,7 @@ def _sort_key(r: dict):
 
 # --------------------------------------------------------------------------- targets
 
-def _find(rows, op, impl_prefix, mode, n=common.TARGET_N, d=common.TARGET_D, dtype="float32"):
+def _find(rows, op, impl_prefix, mode, n=cases.TARGET_N, d=cases.TARGET_D, dtype="float32"):
     for r in rows:
         if (r["op"] == op and r["impl"].startswith(impl_prefix) and r["mode"] == mode
                 and r["n"] == n and r["d"] == d and r["dtype"] == dtype):
@@ -50,7 +50,7 @@ def _ok(r, what):
 def targets(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
     """The CPU targets of issue 10 at N = 2 x 256 x 512, D = 256, C = 19, float32, torch
     backend: (name, passed or None when not measured, figures)."""
-    buf = common.TARGET_N * common.TARGET_D * 4
+    buf = cases.TARGET_N * cases.TARGET_D * 4
     out = []
 
     def ratio(name, slow, fast, what, need):
@@ -78,7 +78,7 @@ def targets(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
         out.append((name, x <= limit, f"{x:.3f}x the {buf / MB:.0f} MB gradient buffer "
                                       f"({r['peak_bytes'] / MB:.1f} MB; need <= {limit:g}x)"))
 
-    diag, full, upd = "loss DistCL diag", "loss DistCL full", "update_class_distribution diag"
+    diag, full, upd = cases.loss_op("dist", "diag"), cases.loss_op("dist", "full"), "update_class_distribution diag"
     ratio("diag loss fwd+bwd: >= 3x faster than eager", _find(rows, diag, "eager", "fwd+bwd"),
           _find(rows, diag, "ours", "fwd+bwd"), "median_s", 3)
     cap("diag loss fwd+bwd: peak <= 1.25x gradient buffer", _find(rows, diag, "ours", "fwd+bwd"), 1.25)
@@ -147,9 +147,9 @@ def preamble(meta: dict) -> str:
     kind = ("CPU figures (the torch backend of kernels/ against the references, no GPU involved)"
             if meta["device_kind"] == "cpu" else "GPU figures (Triton kernels)")
     return (f"**{kind}.** {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; "
-            f"{meta['threads']} intra-op thread(s); set `{meta['set']}`; {meta['date']}; C = {common.C}, "
-            f"{int(common.IGNORED * 100)} % ignored labels. Median and p20-p80 over interleaved "
-            f"rounds after warm-up (rounds = 1: a call slower than {common.SLOW_S:g} s, timed once "
+            f"{meta['threads']} intra-op thread(s); set `{meta['set']}`; {meta['date']}; C = {cases.C}, "
+            f"{int(cases.IGNORED * 100)} % ignored labels. Median and p20-p80 over interleaved "
+            f"rounds after warm-up (rounds = 1: a call slower than {cases.SLOW_S:g} s, timed once "
             f"in its memory process). Peak memory: above the resident inputs, including the "
             f"returned outputs (the [N, D] gradient for fwd+bwd); "
             + ("peak RSS of a fresh process per case (VmHWM after clear_refs). "
@@ -170,7 +170,7 @@ def plot(rows: list[dict], meta: dict, path: str) -> bool:
     fig, axes = plt.subplots(2, len(ops), figsize=(4.2 * len(ops), 7.5), squeeze=False)
     for j, op in enumerate(ops):
         mine = [r for r in rows if r["op"] == op]
-        d = common.TARGET_D if any(r["d"] == common.TARGET_D for r in mine) else mine[0]["d"]
+        d = cases.TARGET_D if any(r["d"] == cases.TARGET_D for r in mine) else mine[0]["d"]
         dtype = "float32" if any(r["dtype"] == "float32" for r in mine) else mine[0]["dtype"]
         mode = "fwd+bwd" if any(r["mode"] == "fwd+bwd" for r in mine) else mine[0]["mode"]
         mine = [r for r in mine if r["d"] == d and r["dtype"] == dtype and r["mode"] == mode]
@@ -228,15 +228,15 @@ def finish(rows, settings, write: bool = True, json_path: str | None = None):
     """Write <stem>.json / .md / .png (fresh files) and, when given, ``json_path``; return
     (printed text, paths)."""
     rows = [row_dict(r) for r in rows]
-    meta = {"device": common.device_name(settings.device), "device_kind": settings.device,
+    meta = {"device": environment.device_name(settings.device), "device_kind": settings.device,
             "date": _dt.datetime.now().isoformat(timespec="seconds"), "set": settings.set_name,
-            "threads": settings.threads, "command": " ".join(sys.argv), **common.versions()}
+            "threads": settings.threads, "command": " ".join(sys.argv), **environment.versions()}
     lines = target_lines(rows, settings.device)
     text = document(rows, meta, lines, fenced=False)
     paths = []
     if write:
-        os.makedirs(common.RESULTS_DIR, exist_ok=True)
-        stem = common.result_stem(settings.device, settings.set_name)
+        os.makedirs(cases.RESULTS_DIR, exist_ok=True)
+        stem = environment.result_stem(settings.device, settings.set_name)
         with open(stem + ".json", "w") as f:
             json.dump({"meta": meta, "rows": rows, "targets": lines}, f, indent=1)
         paths.append(stem + ".json")

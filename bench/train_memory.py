@@ -5,6 +5,7 @@ switched off in turn, and the model's parameter / optimizer / teacher / activati
     python -m bench.train_memory --sizes 512x1024 --cases all_on,no_checkpointing
     python -m bench.train_memory --budget                       # the byte budget only (no iteration)
     python -m bench.train_memory --sizes 256x512                # a quick check of every case
+    python -m bench.train_memory --sizes 1024x2048 --cases all_on --dim 512   # the published D
 
 The iteration is ``Trainer.step()`` of DAFormer MiT-B5 (random init), D = 256, C = 19, float32,
 batch 1 source + 1 target image of the given size, DistCL with the contrastive losses, pseudo
@@ -43,7 +44,7 @@ import time
 import types
 from pathlib import Path
 
-from bench.common import status_kb
+from bench.memory import status_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,10 +210,11 @@ def _child(args) -> None:
     height, width = SIZES[args.size]
     gta5, cityscapes = Path(args.root) / "gta5", Path(args.root) / "cityscapes"
     cfg = iteration_config(gta5, cityscapes, height, width, checkpointing=args.case != "no_checkpointing",
-                           run_dir=str(Path(args.root) / f"run_{args.case}"))
+                           run_dir=str(Path(args.root) / f"run_{args.case}"), dim=args.dim)
     trainer = Trainer(cfg, progress=False)
     apply_case(trainer, args.case)
-    row = {"case": args.case, "size": args.size, "threads": torch.get_num_threads(), **budget(trainer)}
+    row = {"case": args.case, "size": args.size, "D": args.dim, "threads": torch.get_num_threads(),
+           **budget(trainer)}
     if args.budget:
         print(json.dumps(row))
         return
@@ -232,10 +234,11 @@ def _child(args) -> None:
 
 # --------------------------------------------------------------------------- driver
 
-def _run_case(case, size, root, limit_gib, budget_only=False) -> dict:
+def _run_case(case, size, root, limit_gib, budget_only=False, dim=DIM) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", KERNELS_BACKEND="torch")
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "bench.train_memory", "--child", case, "--size", size, "--root", str(root)]
+    cmd = [sys.executable, "-m", "bench.train_memory", "--child", case, "--size", size, "--root", str(root),
+           "--dim", str(dim)]
     proc = subprocess.Popen(cmd + (["--budget"] if budget_only else []), env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stopped, highest = [], [0]
@@ -311,6 +314,7 @@ def main():
     parser.add_argument("--budget", action="store_true", help="the byte budget only, no iteration")
     parser.add_argument("--limit-gib", type=float, default=20.0,
                         help="stop a case whose resident size passes this (default 20)")
+    parser.add_argument("--dim", type=int, default=DIM, help=f"projection dimension D (default {DIM}; published 512)")
     parser.add_argument("--out", help="also write the rows as JSON lines here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
@@ -331,7 +335,7 @@ def main():
     import torch
 
     print(f"# python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, {MODEL}, D = {DIM}, C = {C}, float32, 1 source + 1 target image",
+          f"{os.cpu_count()} cores, {MODEL}, D = {args.dim}, C = {C}, float32, 1 source + 1 target image",
           flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sepico_train_memory_") as tmp:
@@ -339,7 +343,7 @@ def main():
             root = Path(tmp) / name
             write_fixture(root, *SIZES[name])
             for case in (cases[:1] if args.budget else cases):
-                row = _run_case(case, name, root, args.limit_gib, budget_only=args.budget)
+                row = _run_case(case, name, root, args.limit_gib, budget_only=args.budget, dim=args.dim)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:

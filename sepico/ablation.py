@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sepico.demo import DEFAULT_CONFIG
+from sepico.method import run_name
 
 TEMPERATURES = (0.1, 100.0)
 CONTRASTIVE_RUNS = {
-    "protocl": ["method.variant=proto"],
-    "bankcl": ["method.variant=bank"],
-    "distcl_diag": ["method.variant=dist", "method.covariance=diag"],
-    "distcl_full": ["method.variant=dist", "method.covariance=full"],
+    run_name("proto"): ["method.variant=proto"],
+    run_name("bank"): ["method.variant=bank"],
+    run_name("dist", "diag"): ["method.variant=dist", "method.covariance=diag"],
+    run_name("dist", "full"): ["method.variant=dist", "method.covariance=full"],
 }
 PLAIN = {
     "source_only": ["method.variant=source_only"],

@@ -24,6 +24,19 @@ from sepico.estimator import ClassDistributionEstimator
 
 CONTRASTIVE_VARIANTS = ("dist", "proto", "bank")  # the method variants with a contrastive loss
 RATIO_SCHEDULES = ("constant", "linear")
+LOSS_NAMES = {"dist": "DistCL", "proto": "ProtoCL", "bank": "BankCL"}  # the paper's names
+
+
+def variant_name(variant: str, covariance: str = "diag") -> str:
+    """The one name of a contrastive variant (``method.variant`` and ``method.covariance``), as
+    the benchmarks ("loss DistCL diag") and the ablation's runs ("distcl_diag") spell it:
+    "DistCL diag", "DistCL full", "ProtoCL", "BankCL"."""
+    return f"{LOSS_NAMES[variant]} {covariance}" if variant == "dist" else LOSS_NAMES[variant]
+
+
+def run_name(variant: str, covariance: str = "diag") -> str:
+    """`variant_name` as a file name: "distcl_diag", "protocl", ..."""
+    return variant_name(variant, covariance).lower().replace(" ", "_")
 
 
 class SePiCo:

@@ -1,8 +1,9 @@
-"""The benchmark suites' verdict on a case (bench.common.check_rows): a failed implementation fails
+"""The benchmark suites' verdict on a case (bench.runner.check_rows): a failed implementation fails
 the suite, a case nothing was timed in fails it, an unsupported or out-of-memory row does not."""
 import pytest
 
-from bench.common import Row, check_rows
+from bench.runner import check_rows
+from bench.timing import Row
 
 
 def row(impl, status="ok", median=0.01):
