@@ -1,6 +1,7 @@
 """The package's floor plan: no import cycle between sepico's modules (function-level imports
 counted too), and kernels/ imports nothing from sepico."""
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +103,12 @@ def test_configs_are_package_data():
     assert pattern in setup
     tomls = sorted(p.relative_to(package).as_posix() for p in (package / "configs").iterdir())
     assert len(tomls) >= 7 and all(fnmatch.fnmatch(t, "configs/*.toml") for t in tomls)
+
+
+def test_bench_scripts_run_as_modules_without_path_edits():
+    """bench/ runs as `python -m bench.NAME` from the checkout: no file edits sys.path, and none
+    starts another one by its file path."""
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        text = path.read_text()
+        assert "sys.path" not in text, path.name
+        assert not re.search(r"\[[^\]]*\"bench/\w+\.py\"", text), path.name
