@@ -26,11 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._pixel_loss import REDUCTIONS, PixelLossParams, check_loss_options, pixel_loss
+from ._pixel_loss import PixelLossParams, check_loss_options, pixel_loss
 from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, Launch, Memo, check_dim, check_feats,
                         check_label_range, check_labels, check_pixel_values, check_same_device,
                         check_stats, gradient_buffer, image_rows, interpreter_tiles, pixel_layout,
-                        pixel_map, pixel_shape, poisoned_empty, resolve_backend)
+                        pixel_map, poisoned_empty, resolve_backend)
 
 
 @triton.jit
