@@ -99,7 +99,7 @@ class SePiCo:
     def ratio(self, iteration: int) -> float:
         """The covariance ratio r at ``iteration`` (DistCL)."""
         if self._ratio_schedule == "linear":
-            return self._ratio * iteration / self._max_iters
+            return self._ratio * (iteration / self._max_iters)
         return self._ratio
 
     def loss(self, feats: torch.Tensor, labels: torch.Tensor, iteration: int = 0) -> torch.Tensor:
