@@ -29,13 +29,13 @@ BENCH_RUN = OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) $(
 
 bench-quick: env
 	$(VPY) -m pip install -q -e ".[bench]"
-	$(BENCH_RUN) --bench-set=quick
+	$(BENCH_RUN) --bench-set=quick --bench-docs docs/benchmarks.md
 
 # BENCH_SET=medium: every op, size and implementation at D = 256, float32 only.
 BENCH_SET ?= full
 bench: env
 	$(VPY) -m pip install -q -e ".[bench]"
-	$(BENCH_RUN) --bench-set=$(BENCH_SET)
+	$(BENCH_RUN) --bench-set=$(BENCH_SET) --bench-docs docs/benchmarks.md
 
 # The README's demo: source-only vs SePiCo (DistCL) on the synthetic domain shift, on CPU
 # (docs/demo.md). Writes runs/demo/{summary.json,results.png,examples.png}; demo-seeds runs
@@ -47,7 +47,7 @@ demo: env
 	$(VPY) -m sepico.demo --seeds 0 --out runs/demo $(DEMO_ARGS)
 
 demo-seeds: env
-	$(VPY) -m sepico.demo --seeds 0 1 2 --out runs/demo-seeds $(DEMO_ARGS)
+	$(VPY) -m sepico.demo --seeds 0 1 2 --out runs/demo-seeds --docs docs/demo.md $(DEMO_ARGS)
 
 # GPU readiness in one command (docs/kernels.md, "GPU check"): the environment (timed), the CUDA tests, the
 # quick benchmark with torch.compile(reference) and bandwidth, the full-resolution training step;
@@ -70,7 +70,7 @@ clean:
 .PHONY: ablation ablation-quick
 ABLATION_JOBS ?= 2
 ablation: env
-	$(VENV)/bin/sepico ablate --seeds 0 1 2 --jobs $(ABLATION_JOBS) --out runs/ablation
+	$(VENV)/bin/sepico ablate --seeds 0 1 2 --jobs $(ABLATION_JOBS) --out runs/ablation --docs docs/ablation.md
 
 ablation-quick: env
 	$(VENV)/bin/sepico ablate --quick --jobs $(ABLATION_JOBS) --out runs/ablation-quick

@@ -31,6 +31,8 @@ def pytest_addoption(parser):
                     help="print the table but write nothing under bench/results")
     group.addoption("--bench-json", default=None,
                     help="also write the rows and metadata as JSON to this file (make gpu-check)")
+    group.addoption("--bench-docs", default=None, metavar="PAGE",
+                    help="also rewrite the 'bench-<set>-<device>' block of this page (docs/benchmarks.md)")
 
 
 def pytest_configure(config):
@@ -79,7 +81,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     settings = config._bench
     text, paths = report.finish(rows, settings, write=not config.getoption("--bench-no-write"),
-                                json_path=config.getoption("--bench-json"))
+                                json_path=config.getoption("--bench-json"),
+                                docs=config.getoption("--bench-docs"))
     terminalreporter.write_sep("=", "sepico benchmark")
     terminalreporter.write_line(text)
     for path in paths:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime
 import json
 import os
 import platform
@@ -140,6 +141,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="256 x 512 labels instead of 1024 x 2048")
     parser.add_argument("--dim", type=int, default=256, help="embedding channels D (published: 512)")
+    parser.add_argument("--docs", metavar="PAGE",
+                        help="also rewrite the 'memory-losses-d<D>' block of this page (docs/memory.md)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="full", choices=tuple(SIZES), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,10 +156,12 @@ def main():
 
     *_, names = _case_fn("downscale_labels", 64, 128, args.dim)
     height, width = SIZES[size]
-    print(f"B = {B}, labels {height} x {width} int64, feat [{B}, {args.dim}, {height // STRIDE}, "
-          f"{width // STRIDE}] float32 (N = {B * height * width // STRIDE ** 2} pixels), C = {C}, "
-          f"CPU torch path; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores")
+    setting = (f"B = {B}, labels {height} x {width} int64, feat [{B}, {args.dim}, {height // STRIDE}, "
+               f"{width // STRIDE}] float32 (N = {B * height * width // STRIDE ** 2} pixels), C = {C}, "
+               f"CPU torch path; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} cores")
+    print(setting)
+    table = ["| case | peak MB | kept MB | peak / gradient |", "|---|---|---|---|"]
     print(f"{'case':<62} {'peak MB':>9} {'kept MB':>9} {'peak/grad':>9}")
     inputs = None
     failed = False
@@ -171,10 +176,20 @@ def main():
         inputs, grad = row["inputs_mb"], row["grad_mb"]
         ratio = f"{row['peak_mb'] / grad:9.2f}" if "bwd" in name else f"{'':9}"
         print(f"{name:<62} {row['peak_mb']:9.1f} {row['kept_mb']:9.1f} {ratio}", flush=True)
+        table.append(f"| {name} | {row['peak_mb']:.1f} | {row['kept_mb']:.1f} | {ratio.strip()} |")
     if inputs is not None:
-        print(f"(peak and kept are above the resident inputs: feat, labels, statistics, and the "
-              f"[N, D] rows and [N] labels the reference update takes: {inputs:.0f} MB; "
-              f"the N x D float32 gradient is {grad:.0f} MB)")
+        note = (f"(peak and kept are above the resident inputs: feat, labels, statistics, and the "
+                f"[N, D] rows and [N] labels the reference update takes: {inputs:.0f} MB; "
+                f"the N x D float32 gradient is {grad:.0f} MB)")
+        print(note)
+        if args.docs and not failed:
+            from sepico.pages import write_block
+
+            command = "python -m bench.memory_losses" + (" --small" if args.small else "") + f" --dim {args.dim}"
+            write_block(args.docs, f"memory-losses-d{args.dim}",
+                        f"`{command}`, {datetime.date.today().isoformat()}: {setting}.\n\n"
+                        + "\n".join(table) + f"\n\n{note}")
+            print(f"wrote the 'memory-losses-d{args.dim}' block of {args.docs}")
     return 1 if failed else 0
 
 

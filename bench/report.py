@@ -224,9 +224,11 @@ def document(rows, meta, lines, fenced: bool) -> str:
                         "backend):\n" + targets_text])
 
 
-def finish(rows, settings, write: bool = True, json_path: str | None = None):
-    """Write <stem>.json / .md / .png (fresh files) and, when given, ``json_path``; return
-    (printed text, paths)."""
+def finish(rows, settings, write: bool = True, json_path: str | None = None,
+           docs: str | None = None):
+    """Write <stem>.json / .md / .png (fresh files), when given ``json_path``, and with ``docs``
+    (a page, docs/benchmarks.md) its 'bench-<set>-<device kind>' block; return (printed text,
+    paths)."""
     rows = [row_dict(r) for r in rows]
     meta = {"device": environment.device_name(settings.device), "device_kind": settings.device,
             "date": _dt.datetime.now().isoformat(timespec="seconds"), "set": settings.set_name,
@@ -249,6 +251,12 @@ def finish(rows, settings, write: bool = True, json_path: str | None = None):
         with open(json_path, "w") as f:
             json.dump({"meta": meta, "rows": rows, "targets": lines}, f, indent=1)
         paths.append(json_path)
+    if docs:
+        from sepico.pages import write_block
+
+        write_block(docs, f"bench-{settings.set_name}-{settings.device}",
+                    document(rows, meta, lines, fenced=True))
+        paths.append(f"{docs} (block bench-{settings.set_name}-{settings.device})")
     return text, paths
 
 

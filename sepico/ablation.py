@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sepico.demo import DEFAULT_CONFIG
 from sepico.method import run_name
+from sepico.pages import write_block
 
 TEMPERATURES = (0.1, 100.0)
 CONTRASTIVE_RUNS = {
@@ -279,9 +280,10 @@ def _plots(rows, out: Path) -> None:
 
 
 def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out="runs/ablation", config=DEFAULT_CONFIG,
-           overrides=(), progress=True, temperatures=TEMPERATURES, jobs=1, threads=1) -> dict:
+           overrides=(), progress=True, temperatures=TEMPERATURES, jobs=1, threads=1, docs=None) -> dict:
     """Every run of the plan (``jobs`` at a time, each in its own process with ``threads`` torch
-    threads when ``jobs > 1``), then the momentum runs, then the summary."""
+    threads when ``jobs > 1``), then the momentum runs, then the summary; with ``docs`` (a page,
+    docs/ablation.md) its 'ablation-table' block becomes the summary table."""
     out, config = Path(out), Path(config)
     runs = plan(seeds, temperatures, quick)
     total = len(runs) + (0 if quick else len(seeds))
@@ -332,6 +334,9 @@ def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out="runs/ablation", con
         run_batch(momentum_runs(results, seeds, temperatures), 0)
     summary = summarise(results, out)
     print((out / "table.md").read_text())
+    if docs:
+        write_block(docs, "ablation-table", (out / "table.md").read_text())
+        print(f"wrote the 'ablation-table' block of {docs}")
     return summary
 
 
@@ -353,6 +358,7 @@ def add_arguments(p) -> None:
                    help="torch CPU threads per run (default 1, as the demo: the model is small)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process (default 1; one per core is a good choice)")
+    p.add_argument("--docs", metavar="PAGE", help="also rewrite the 'ablation-table' block of this page")
 
 
 def run_from_args(args) -> int:
@@ -364,5 +370,5 @@ def run_from_args(args) -> int:
         raise SystemExit("sepico ablate: --jobs and --threads must be >= 1")
     ablate(seeds=seeds, quick=args.quick, iters=args.iters, out=args.out, config=args.config,
            overrides=args.overrides, progress=not args.no_progress and args.jobs == 1, jobs=args.jobs,
-           threads=args.threads)
+           threads=args.threads, docs=args.docs)
     return 0

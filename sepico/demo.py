@@ -23,12 +23,15 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from sepico.pages import write_block
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_demo.toml"  # package data
 RUNS = (("source_only", "source-only"), ("adapted", "SePiCo (DistCL)"))
@@ -52,6 +55,9 @@ def parse_args(argv=None):
                    help="target-test evaluations during each run, for the curves (0: none)")
     p.add_argument("--examples", type=int, default=4, help="rows of the example grid")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--docs", metavar="PAGE",
+                   help="also rewrite the 'demo-result' block of this page (docs/demo.md) and copy "
+                        "summary.json, results.png and examples.png next to it (PAGE's folder/demo/)")
     return p.parse_args(argv)
 
 
@@ -195,6 +201,26 @@ def print_table(summary: dict, file=sys.stdout) -> None:
           f"(on the target: {summary['source_only_miou']:.1f})", file=file)
     print(f"wall time {summary['wall_time_s']:.0f} s on {summary['device']} "
           f"({summary['threads']} threads)", file=file)
+
+
+def markdown_table(summary: dict) -> str:
+    """The per-seed table and the per-class means, as docs/demo.md shows them."""
+    rows = ["| seed | source-only, source test | source-only, target test | SePiCo (DistCL), target test | gain |",
+            "|---|---|---|---|---|"]
+    for s in summary["per_seed"]:
+        so, ad = s["source_only"]["target_miou"], s["adapted"]["target_miou"]
+        rows.append(f"| {s['seed']} | {s['source_only']['source_miou']:.1f} | {so:.1f} | {ad:.1f} | {ad - so:+.1f} |")
+    sp = summary["spread"]
+    rows.append(f"| **mean (std)** | {summary['source_only_source_domain_miou']:.1f} | "
+                f"**{summary['source_only_miou']:.1f}** ({sp['source_only_miou']['std']:.1f}) | "
+                f"**{summary['adapted_miou']:.1f}** ({sp['adapted_miou']['std']:.1f}) | "
+                f"**{summary['gain']:+.1f}** ({sp['gain']['std']:.1f}) |")
+    so, ad = summary["source_only_per_class_iou"], summary["adapted_per_class_iou"]
+    classes = ", ".join(f"{name} {so[name]:.1f} -> {ad[name]:.1f}" for name in so)
+    return "\n".join(rows) + (f"\n\nPer class (mean of the {len(summary['seeds'])} seeds), source-only -> "
+                               f"adapted: {classes}. {summary['iterations']} iterations a run; "
+                               f"{summary['wall_time_s']:.0f} s in all on {summary['device']} "
+                               f"({summary['threads']} thread(s)).")
 
 
 def plot_results(summary: dict, curves: dict, path: Path) -> None:
@@ -345,6 +371,13 @@ def main(argv=None) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     print_table(summary)
     print(f"wrote {out / 'summary.json'}, {out / 'results.png'}, {out / 'examples.png'}")
+    if args.docs:
+        folder = Path(args.docs).parent / "demo"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "results.png", "examples.png"):
+            shutil.copyfile(out / name, folder / name)
+        write_block(args.docs, "demo-result", markdown_table(summary))
+        print(f"wrote the 'demo-result' block of {args.docs} and {folder}/")
     return summary
 
 

@@ -13,7 +13,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_every_variant_writes_a_result_and_a_rerun_skips_them(tmp_path, monkeypatch):
-    summary = ablation.ablate(seeds=[0], iters=2, out=tmp_path, overrides=TINY, progress=False)
+    page = tmp_path / "ablation.md"
+    page.write_text("# Ablation\n\nProse.\n\n<!-- generated: ablation-table -->\nold\n<!-- end: ablation-table -->\n")
+    summary = ablation.ablate(seeds=[0], iters=2, out=tmp_path, overrides=TINY, progress=False, docs=page)
+    assert page.read_text().startswith("# Ablation\n\nProse.\n")
+    assert "old" not in page.read_text() and (tmp_path / "table.md").read_text().strip() in page.read_text()
     results = sorted((tmp_path / "runs").glob("*/result.json"))
     names = {p.parent.name for p in results}
     want = {r.name for r in ablation.plan([0])}
