@@ -316,6 +316,8 @@ def main():
                         help="stop a case whose resident size passes this (default 20)")
     parser.add_argument("--dim", type=int, default=DIM, help=f"projection dimension D (default {DIM}; published 512)")
     parser.add_argument("--out", help="also write the rows as JSON lines here")
+    parser.add_argument("--docs", metavar="PAGE",
+                        help="also rewrite the 'train-memory-d<D>' block of this page (docs/memory.md)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -351,6 +353,18 @@ def main():
                         f.write(json.dumps(row) + "\n")
     print()
     report(rows)
+    if args.docs:
+        import io
+
+        from sepico.pages import write_block
+
+        text = io.StringIO()
+        report(rows, out=text)
+        write_block(args.docs, f"train-memory-d{args.dim}",
+                    f"`python -m bench.train_memory --sizes {args.sizes} --cases {args.cases} --dim {args.dim}`, "
+                    f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, torch "
+                    f"{torch.__version__}:\n\n{text.getvalue()}")
+        print(f"wrote the 'train-memory-d{args.dim}' block of {args.docs}")
 
 
 if __name__ == "__main__":
