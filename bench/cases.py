@@ -104,8 +104,8 @@ def cases(family: str, set_name: str, device: str = "cpu") -> list[Case]:
             for d in dims:
                 for n in SIZES.values():
                     if family == "loss":
-                        impls = ("eager", "compiled", "ours")
-                        if device == "cuda" and cov is not None:
+                        impls = ("eager", "ours") if cov == "bank" else ("eager", "compiled", "ours")
+                        if device == "cuda" and cov not in (None, "bank"):
                             impls += ("ours_tf32",)   # the opt-in tensor-core path
                         out += [Case(family, op, "train", n, d, dt, impls),
                                 Case(family, op, "no_grad", n, d, dt, impls)]

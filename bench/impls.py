@@ -34,10 +34,11 @@ def build(case: Case, impl: str, inputs: dict, backend: str):
                 with kernels.backend(backend):
                     return kernels.bank_contrastive_loss(x, labels, bank, lengths)
             return run
-        if impl == "eager":  # the public code's per-class loop, on the rows as a 1 x N map
-            queues = list(bank.to(feats.dtype).unbind(0))
-            return lambda x: reference.bank_contrastive_map_reference(
-                x.T.reshape(1, x.shape[1], 1, -1), labels.reshape(1, 1, 1, -1), queues, num_classes=C)
+        if impl != "eager":
+            raise Unsupported(f"{impl} is not measured for BankCL (its reference is a per-class loop)")
+        queues = list(bank.to(feats.dtype).unbind(0))  # the public code's loop, the rows as a 1 x N map
+        return lambda x: reference.bank_contrastive_map_reference(
+            x.T.reshape(1, x.shape[1], 1, -1), labels.reshape(1, 1, 1, -1), queues, num_classes=C)
     elif case.family == "loss":
         cov = None if cov_kind is None else cov
         cov_r = None if cov_kind is None else cov_r
