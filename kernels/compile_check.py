@@ -252,7 +252,8 @@ def _bank_variants() -> list[Variant]:
     out = []
     for length in BANK_LENGTHS:
         for dim in DIMS:
-            for has_grad in (True, False):
+            # The short queue (32-pixel tiles) with its gradient; the published one both ways.
+            for has_grad in (True, False) if length == BANK_LENGTHS[0] else (True,):
                 for dtype in FEAT_DTYPES:
                     for layout in LAYOUTS:
                         wide = (NUM_CLASSES, MAX_BANK_CLASSES)
