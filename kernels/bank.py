@@ -185,18 +185,23 @@ def bank_launch(Z, ORDER, BOUNDS, BANK, LEN, MEANS, LOSS, G, *, z, n, num_classe
                   cfg.num_stages)
 
 
-def bank_forward_triton(feats, labels, bank, lengths, temperature, ignore_index, want_grad):
-    """Launch the kernel: per-pixel losses [N] and, if wanted, the gradient buffer."""
+def _queue_means(bank, counts, acc, temperature):
+    """bbar_c / tau: the mean of each class's queue (``counts``: the lengths, host ints)."""
+    return torch.stack([bank[c, :k].to(acc).mean(0) for c, k in enumerate(counts)]) / temperature
+
+
+def bank_forward_triton(feats, labels, bank, lengths, counts, temperature, ignore_index, want_grad):
+    """Launch the kernel: per-pixel losses [N] and, if wanted, the gradient buffer. ``lengths``:
+    the [C] tensor the kernel reads; ``counts``: the same lengths as host ints."""
     num_classes, length, dim = bank.shape
     n = labels.numel()
     entries = (bank.float() / temperature).contiguous()
-    counts = lengths.to(device=bank.device)
-    means = torch.stack([bank[c, :k].float().mean(0) for c, k in enumerate(lengths.tolist())]) / temperature
+    means = _queue_means(bank, counts, torch.float32, temperature)
     order, bounds = sort_by_class(labels, num_classes, ignore_index)
     bounds = torch.cat([bounds, bounds.new_full((1,), n)])  # the ignored pixels' run: [C + 1]
     per_pixel = poisoned_empty(n, device=feats.device)
     grad = gradient_buffer(feats, torch.float32) if want_grad else None
-    bank_launch(feats, order, bounds, entries, counts.to(torch.int64).contiguous(), means.contiguous(),
+    bank_launch(feats, order, bounds, entries, lengths.to(torch.int64).contiguous(), means.contiguous(),
                 per_pixel, grad, z=pixel_layout(feats), n=n, num_classes=num_classes,
                 length=length, dim=dim)()
     return per_pixel, grad
@@ -217,7 +222,7 @@ def bank_forward_torch(feats, labels, bank, lengths, temperature, ignore_index, 
     acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
     num_classes = bank.shape[0]
     entries = bank.to(acc) / temperature
-    means = torch.stack([bank[c, :n].to(acc).mean(0) for c, n in enumerate(lengths)]) / temperature
+    means = _queue_means(bank, lengths, acc, temperature)
     per_pixel = torch.zeros(labels.numel(), dtype=acc, device=feats.device)
     grad = gradient_buffer(feats, acc).zero_() if want_grad else None
     order, bounds = sort_by_class(labels, num_classes, ignore_index)
@@ -310,7 +315,8 @@ def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ig
                          f"{bank.shape[1]} (the torch backend takes any: kernels.backend('torch'))")
     if on_triton:
         def forward(z, y, w, stats, want_grad):
-            return bank_forward_triton(z, y, stats[0], stats[1], temperature, ignore_index, want_grad)
+            return bank_forward_triton(z, y, stats[0], stats[1], counts, temperature, ignore_index,
+                                       want_grad)
     else:
         def forward(z, y, w, stats, want_grad):
             return bank_forward_torch(z, y, stats[0], counts, temperature, ignore_index, want_grad)
