@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from sepico.train.config import ConfigError
+from sepico.errors import ConfigError, SepicoError
 
 
 def _train(args) -> int:
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
         _check_kernel_backend()
         return {"train": _train, "eval": _eval, "predict": _predict, "convert": _convert, "plot": _plot,
                 "info": _info, "ablate": _ablate}[args.command](args)
-    except ConfigError as err:
+    except SepicoError as err:
         print(f"sepico: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:

@@ -25,7 +25,8 @@ import torch
 from sepico.models import weight_problems
 from sepico.models.pretrained import _first
 from sepico.train.checkpoint import atomic_save, read_checkpoint
-from sepico.train.config import Config, ConfigError, ModelConfig, load_config
+from sepico.train.config import Config, ModelConfig, load_config
+from sepico.errors import ConfigError
 
 FORMAT = "sepico-converted-1"
 RENAMES = (("backbone.", "encoder."), ("decode_head.", "decode_head."), ("auxiliary_head.", "projection_head."))

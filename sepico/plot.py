@@ -14,7 +14,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sepico.train.config import ConfigError
+from sepico.errors import ConfigError
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -34,7 +34,7 @@ from sepico.data.cityscapes import colorize
 from sepico.data.real import DatasetError, image_to_tensor, read_rgb
 from sepico.data.transforms import output_size, resize_image
 from sepico.evaluation import aug_probabilities, inference_autocast, predict_logits
-from sepico.train.config import ConfigError
+from sepico.errors import ConfigError
 from sepico.train.data import scaled_views
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

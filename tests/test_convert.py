@@ -28,7 +28,8 @@ from sepico.cli import main
 from sepico.convert import load_model
 from sepico.models import build_model
 from sepico.train import Trainer
-from sepico.train.config import ConfigError, validate
+from sepico.train.config import validate
+from sepico.errors import ConfigError
 from tests.test_models import mit_checkpoint_keys, on_meta, resnet_v1c_keys
 from tests.test_train import tiny_config
 

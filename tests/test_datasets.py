@@ -19,7 +19,8 @@ from sepico.data.rcs import RareClassSampler, class_pixel_counts, load_class_sta
 from sepico.data.real import DatasetError, SegmentationFolder
 from sepico.evaluation import evaluate, iou_from_confusion
 from sepico.train import Trainer
-from sepico.train.config import Config, ConfigError, from_dict, validate
+from sepico.train.config import Config, from_dict, validate
+from sepico.errors import ConfigError
 from sepico.train.data import BatchStream, Draw, TrainingView, build_datasets
 
 # --------------------------------------------------------------------------- published facts

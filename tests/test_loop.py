@@ -21,7 +21,8 @@ from sepico.data.transforms import normalize, rescaled_size
 from sepico.evaluation import predict_logits
 from sepico.models.layers import STOCHASTIC_MODULES
 from sepico.train import Trainer, augment
-from sepico.train.config import ConfigError, load_config, validate
+from sepico.train.config import load_config, validate
+from sepico.errors import ConfigError
 from sepico.train import data as train_data
 from tests.test_datasets import make_cityscapes, make_gta5, real_config, write_png
 from tests.test_train import tiny_config

@@ -43,7 +43,8 @@ from sepico.evaluation import evaluate, predict_logits
 from sepico.models import build_model
 from sepico.train import Trainer
 from sepico.train.checkpoint import atomic_save
-from sepico.train.config import Config, ConfigError, from_dict, validate
+from sepico.train.config import Config, from_dict, validate
+from sepico.errors import ConfigError
 from sepico.train import data as run_data
 from sepico.train.data import Draw, TrainingView, build_datasets
 from tests.test_datasets import _image, _scene_ids, make_cityscapes, write_png

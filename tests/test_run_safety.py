@@ -230,7 +230,7 @@ def test_numbers_out_of_range_are_one_line_errors(tmp_path, override, message):
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_a_non_finite_loss_stops_with_the_last_finite_state_or_is_skipped(tmp_path, monkeypatch, policy):
-    from sepico.train.trainer import NonFiniteLoss
+    from sepico.errors import NonFiniteLoss
 
     cfg = tiny_config()
     cfg.train.max_iters, cfg.train.on_nonfinite = 3, policy
@@ -268,7 +268,7 @@ def test_cli_mistakes_are_one_line(tmp_path, env, args, message):
 
 
 def test_a_damaged_image_met_mid_run_stops_with_a_checkpoint(tmp_path):
-    from sepico.train.config import ConfigError
+    from sepico.errors import ConfigError
     from tests.test_datasets import make_cityscapes, make_gta5, real_config
 
     gta5, cityscapes = make_gta5(tmp_path / "gta5"), make_cityscapes(tmp_path / "cityscapes")

@@ -14,7 +14,8 @@ from sepico.data.transforms import normalize
 from sepico.evaluation import evaluate
 from sepico.train import Trainer, augment
 from sepico.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
-from sepico.train.config import Config, ConfigError, apply_overrides, from_dict, load_config, validate
+from sepico.train.config import Config, apply_overrides, from_dict, load_config, validate
+from sepico.errors import ConfigError
 from sepico.train.trainer import build_run_model, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sepico.train.config import ConfigError
+from sepico.errors import ConfigError
 
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
 _TMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp$")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sepico.data.names import SOURCES, TARGETS
+from sepico.errors import ConfigError
 from sepico.method import CONTRASTIVE_VARIANTS, RATIO_SCHEDULES
 
 VARIANTS = CONTRASTIVE_VARIANTS + ("self_training", "source_only")
@@ -21,10 +22,6 @@ MIX_CLASSES = ("batch", "image")
 CE_REDUCTIONS = ("all", "valid")
 ENCODER_NORMS = ("batch", "group")
 ON_NONFINITE = ("stop", "skip")
-
-
-class ConfigError(ValueError):
-    """A bad configuration: unknown key, wrong type, bad value, missing dataset folder."""
 
 
 @dataclass

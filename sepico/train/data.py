@@ -31,7 +31,8 @@ from sepico.data.names import SOURCES, TRAINING_TARGETS
 from sepico.data.real import DatasetError, SegmentationFolder, image_to_tensor, read_rgb
 from sepico.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
 from sepico.data.transforms import aug_sizes, output_size, resize_image, resize_label
-from sepico.train.config import Config, ConfigError
+from sepico.train.config import Config
+from sepico.errors import ConfigError
 
 CROP_TRIES = 10  # candidate crops for the class-ratio and rare-class conditions (DAFormer: 10)
 

@@ -46,7 +46,8 @@ from sepico.models.heads import resize_to
 from sepico.train import augment
 from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoints, newest_readable_checkpoint,
                                      prune_checkpoints, read_checkpoint, remove_stale_temporaries)
-from sepico.train.config import Config, ConfigError
+from sepico.train.config import Config
+from sepico.errors import ConfigError, NonFiniteLoss
 from sepico.train.data import BatchStream, build_datasets
 from sepico.train.distributed import any_rank, average_gradients, broadcast_from_first, init_distributed
 
@@ -77,10 +78,6 @@ def changed_fields(stored: dict, current: dict) -> list[str]:
 
 def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
-
-
-class NonFiniteLoss(ConfigError):
-    """A training loss was NaN or infinite (train.on_nonfinite = "stop")."""
 
 
 def build_run_model(m) -> torch.nn.Module:
