@@ -1,8 +1,12 @@
+import re
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'^__version__ = "([^"]+)"', open("sepico/__init__.py", encoding="utf-8").read(), re.M).group(1)
 
 setup(
     name="sepico",
-    version="0.1.0",
+    version=VERSION,
     description="SePiCo (semantic-guided pixel contrast) for domain-adaptive semantic segmentation, "
                 "with fused Triton kernels for class statistics and the contrastive loss",
     long_description=open("README.md", encoding="utf-8").read(),

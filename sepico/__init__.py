@@ -7,5 +7,8 @@ oracles), ``sepico.losses`` (map-level losses), ``sepico.estimator`` (class stat
 ``sepico.data`` (networks with their registry; datasets with their names, transforms and the
 day-night pieces); ``sepico.evaluation``; ``sepico.train`` (config, trainer, augmentation,
 checkpoints, distributed glue); the tools on top (``convert``, ``predict``, ``plot``, ``demo``,
-``ablation``, ``cli``).
+``ablation``, ``cli``). Beneath them all: ``sepico.errors`` (what the command reports in one
+line) and ``sepico.files`` (atomic writes, and what a command may replace).
 """
+
+__version__ = "0.1.0"

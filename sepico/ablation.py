@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sepico.demo import DEFAULT_CONFIG
+from sepico.errors import ConfigError
+from sepico.files import atomic_write
 from sepico.method import run_name
 from sepico.pages import write_block
 
@@ -119,17 +121,23 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
 
     from sepico.train import Trainer, load_config
     from sepico.train.checkpoint import latest_checkpoint
+    from sepico.train.trainer import changed_fields
 
     run_dir = out / "runs" / run.name
     result_file = run_dir / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
     overrides = list(extra) + run.overrides + [f"train.seed={run.seed}"]
     if iters:
         overrides += [f"train.max_iters={iters}", f"method.start_self_training_iter={iters // 4}"]
     cfg = load_config(base_config, overrides)
     cfg.train.checkpoint_interval = max(1, cfg.train.max_iters // 4)  # an interruption loses little
     cfg.train.keep_checkpoints = 1
+    if result_file.exists():
+        result = _read_result(result_file)
+        differing = changed_fields(result["config"], cfg.to_dict()) if isinstance(result.get("config"), dict) else ["config"]
+        if differing:
+            raise ConfigError(f"{result_file} was trained with other settings ({', '.join(differing[:5])}); "
+                              "give another --out for these settings (or remove that run's folder)")
+        return result
     start = time.perf_counter()
     resume = latest_checkpoint(run_dir) is not None  # else a fresh start (overwriting a run cut short)
     trainer = Trainer(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress)
@@ -137,10 +145,18 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
     result = {"variant": run.variant, "temperature": run.temperature, "seed": run.seed,
               "momentum": cfg.method.momentum, "iterations": cfg.train.max_iters,
               "miou": ev["miou"], "iou": ev["iou"], "wall_time_s": time.perf_counter() - start,
-              "threads": torch.get_num_threads()}
-    tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(result_file)
+              "threads": torch.get_num_threads(), "config": cfg.to_dict()}
+    atomic_write(result_file, json.dumps(result, indent=2))
+    return result
+
+
+def _read_result(path: Path) -> dict:
+    try:
+        result = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); remove that run's folder to train it again") from None
+    if not isinstance(result, dict) or "miou" not in result:
+        raise ConfigError(f"{path} is not an ablation result; remove that run's folder to train it again")
     return result
 
 
@@ -161,8 +177,8 @@ def summarise(results, out: Path) -> dict:
     summary = {"rows": rows, "best": best and {k: best[k] for k in ("variant", "temperature", "miou_mean", "miou_std")},
                "comparisons": pairs, "wall_time_s": sum(r["wall_time_s"] for r in results)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "table.md").write_text(markdown(rows, pairs))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write(out / "table.md", markdown(rows, pairs))
     if rows:
         _plots(rows, out)
     return summary
@@ -259,7 +275,7 @@ def _plots(rows, out: Path) -> None:
     ax.set_ylabel("target mIoU (bar: mean ± std; dots: seeds)")
     ax.set_title("Ablation on the synthetic domain shift")
     fig.tight_layout()
-    fig.savefig(out / "ablation_miou.png", dpi=120)
+    atomic_write(out / "ablation_miou.png", lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
     pick = sorted((r for r in rows if r["variant"] in ("source_only", "self_training")),
@@ -275,7 +291,7 @@ def _plots(rows, out: Path) -> None:
     ax.set_ylabel("target IoU")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "ablation_per_class.png", dpi=120)
+    atomic_write(out / "ablation_per_class.png", lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -347,13 +363,16 @@ def _worker_threads(threads: int) -> None:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of every variant")
     p.add_argument("--quick", action="store_true", help="one seed of the main variants")
     p.add_argument("--iters", type=int, default=None, help="iterations per run (default: the config's)")
-    p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="runs/ablation", help="folder of the runs and the summary (a rerun reads "
+                   "the finished runs back; runs of other settings are refused)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the TOML config every run starts from "
+                   "(default: the demo's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of every run, e.g. --set train.max_iters=500 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per run (default 1, as the demo: the model is small)")
     p.add_argument("--jobs", type=int, default=1,
@@ -367,7 +386,7 @@ def run_from_args(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     seeds = args.seeds[:1] if args.quick else args.seeds
     if args.jobs < 1 or args.threads < 1:
-        raise SystemExit("sepico ablate: --jobs and --threads must be >= 1")
+        raise ConfigError("--jobs and --threads must be >= 1")
     ablate(seeds=seeds, quick=args.quick, iters=args.iters, out=args.out, config=args.config,
            overrides=args.overrides, progress=not args.no_progress and args.jobs == 1, jobs=args.jobs,
            threads=args.threads, docs=args.docs)

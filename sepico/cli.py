@@ -26,27 +26,32 @@ def _train(args) -> int:
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
                       progress=not args.no_progress)
     result = trainer.train()
-    print(json.dumps({"run_dir": str(trainer.run_dir), "iteration": trainer.iteration,
-                      "miou": result.get("miou")}))
+    if trainer.rank == 0:  # under torchrun one line for the run, not one per process
+        print(json.dumps({"run_dir": str(trainer.run_dir), "iteration": trainer.iteration,
+                          "miou": result.get("miou")}))
     return 0
 
 
 def _resume_config(args):
     """The configuration stored in the run; a CONFIG given beside it, and --set, may change only
-    the fields that cannot change what the run already computed (``RESUMABLE_FIELDS``)."""
+    the fields that cannot change what the run already computed (``RESUMABLE_FIELDS``). The run
+    stays in RUN_DIR: a train.run_dir naming another folder is refused."""
     from sepico.train import load_config
     from sepico.train.config import apply_overrides, from_dict, validate
     from sepico.train.trainer import RESUMABLE_FIELDS, changed_fields
 
     if args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    stored_file = Path(args.resume) / "config.json"
+    run = Path(args.resume)
+    stored_file = run / "config.json"
     if not stored_file.is_file():
         raise ConfigError(f"--resume: {args.resume} holds no run (no config.json)")
     try:
-        stored = json.loads(stored_file.read_text())
-    except ValueError as err:
+        stored = json.loads(stored_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
         raise ConfigError(f"--resume: {stored_file} is not valid JSON ({err})") from None
+    if not isinstance(stored, dict) or not all(isinstance(v, dict) for k, v in stored.items() if k != "name"):
+        raise ConfigError(f"--resume: {stored_file} is not a sepico run configuration (sections of fields)")
     cfg = from_dict(stored)
     if args.config is not None:
         given = load_config(args.config, args.set)
@@ -65,6 +70,12 @@ def _resume_config(args):
                 raise ConfigError(f"--resume: --set {key} would change what the run already computed; a "
                                   f"resumed run may change only {', '.join(RESUMABLE_FIELDS)}")
         apply_overrides(cfg, args.set)
+    named = cfg.train.run_dir
+    if named and named != stored["train"].get("run_dir") and Path(named).resolve() != run.resolve():
+        raise ConfigError(f"--resume: train.run_dir = {named} is not the run folder {args.resume}; a resumed run "
+                          "continues where its checkpoints are (copy the folder first to continue elsewhere)")
+    if named and Path(named).resolve() != run.resolve():
+        cfg.train.run_dir = str(run)  # the run was moved: record where it is now
     validate(cfg)
     return cfg
 
@@ -73,17 +84,23 @@ def _eval(args) -> int:
     """Evaluate a checkpoint's student (or EMA teacher), or a converted file, on its run's target
     val split, or on the dataset named by --data/--root; prints the per-class table and the result JSON."""
     from sepico.convert import load_model
+    from sepico.data.cityscapes import CLASS_NAMES
+    from sepico.data.names import TARGETS
     from sepico.data.transforms import AUG_SCALES
     from sepico.evaluation import evaluate, format_table
+    from sepico.files import atomic_write, check_output
     from sepico.train.config import apply_overrides, validate
     from sepico.train.data import build_test_dataset
     from sepico.train.trainer import evaluation_prior, resolve_device
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.out and not Path(args.out).resolve().parent.is_dir():
-        raise ConfigError(f"--out: no folder {Path(args.out).resolve().parent} to write {Path(args.out).name} into")
+    if args.data is not None and args.data not in TARGETS:
+        raise ConfigError(f"--data: unknown dataset {args.data!r}; choose one of {', '.join(TARGETS)}")
     path = Path(args.checkpoint)
+    if args.out:
+        check_output(args.out, what="--out", ours=_is_eval_result, force=args.force, inputs=[path])
+    device = resolve_device(args.device, field="--device")
     model, cfg, weights, iteration = load_model(path, teacher=args.teacher)
     overrides = [f"data.{key}={value}" for key, value in (
         ("target", args.data), ("target_root", args.root), ("eval_mode", args.mode),
@@ -92,8 +109,9 @@ def _eval(args) -> int:
     apply_overrides(cfg, overrides + list(args.set))
     if cfg.data.target != "synthetic" and not cfg.data.target_root:
         raise ConfigError(f"{path} names no {cfg.data.target} folder: give it with --root")
+    # What only training uses cannot make an evaluation's configuration invalid.
+    cfg.method.day_night = cfg.method.pseudo_crop = False
     validate(cfg)
-    device = resolve_device(args.device)
     test, classes = build_test_dataset(cfg, AUG_SCALES if args.aug_test else None)
     m = cfg.model
     model.to(device)
@@ -104,8 +122,13 @@ def _eval(args) -> int:
                       stride=tuple(d.eval_stride), autocast=args.amp, flip=args.aug_test, prior=prior,
                       progress=not args.no_progress)
     result.pop("confusion")
-    report = {"checkpoint": str(path), "iteration": iteration, "weights": weights, "dataset": d.target,
-              "images": len(test), "mode": d.eval_mode, "aug_test": bool(args.aug_test),
+    table = format_table(result)
+    names = [CLASS_NAMES[c] if c < len(CLASS_NAMES) and m.num_classes == len(CLASS_NAMES) else str(c)
+             for c in result["iou"]]
+    result["class_ids"] = dict(zip(names, result["iou"]))
+    result["iou"] = dict(zip(names, result["iou"].values()))
+    report = {"command": EVAL_RESULT, "checkpoint": str(path), "iteration": iteration, "weights": weights,
+              "dataset": d.target, "images": len(test), "mode": d.eval_mode, "aug_test": bool(args.aug_test),
               "test_prior": d.dark_zurich_test_prior if prior is not None else 0.0, **result}
     if d.eval_mode == "slide":
         report |= {"window": list(d.eval_window), "stride": list(d.eval_stride)}
@@ -116,23 +139,34 @@ def _eval(args) -> int:
         return None if isinstance(value, float) and value != value else value
 
     text = json.dumps(nan_to_none(report), indent=2)
-    print(format_table(result))
+    print(table)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        atomic_write(args.out, text + "\n")
     print(text)
     return 0
 
 
-def _pair(text, flag: str):
-    """'H,W' -> (H, W), two positive integers; None stays None."""
+EVAL_RESULT = "sepico eval"  # the "command" of a result file: what `eval --out` may replace
+
+
+def _is_eval_result(path: Path) -> bool:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("command") == EVAL_RESULT
+
+
+def _pair(text, flag: str, zero: bool = False):
+    """'H,W' -> (H, W), two positive integers (with ``zero`` also 0,0); None stays None."""
     if text is None:
         return None
     try:
         values = tuple(int(v) for v in str(text).split(","))
     except ValueError:
         values = ()
-    if len(values) != 2 or min(values) < 1:
-        raise ConfigError(f"{flag} takes H,W (two positive integers), got {text!r}")
+    if len(values) != 2 or min(values) < (0 if zero and values == (0, 0) else 1):
+        raise ConfigError(f"{flag} takes H,W (two positive integers{', or 0,0' if zero else ''}), got {text!r}")
     return values
 
 
@@ -141,27 +175,39 @@ def _predict(args) -> int:
     from sepico.convert import load_model
     from sepico.data.transforms import AUG_SCALES
     from sepico.data.night import dark_zurich_prior
-    from sepico.predict import list_images, predict_files
+    from sepico.predict import list_images, predict_files, read_palette
     from sepico.train.trainer import resolve_device
 
-    size, window, stride = _pair(args.size, "--size"), _pair(args.window, "--window"), _pair(args.stride, "--stride")
-    if args.keep_ratio and size is None:
+    size = _pair(args.size, "--size", zero=True)
+    window, stride = _pair(args.window, "--window"), _pair(args.stride, "--stride")
+    if args.keep_ratio and size in (None, (0, 0)):
         raise ConfigError("--keep-ratio applies to --size H,W (the scale to rescale the images into)")
+    if not 0 < args.opacity <= 1:
+        raise ConfigError(f"--opacity must be in (0, 1], got {args.opacity:g}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, not a folder")
-    images = list_images(args.inputs, exclude=out)
-    device = resolve_device(args.device)
+    images = list_images(args.inputs, out=out)
+    device = resolve_device(args.device, field="--device")
     model, cfg, weights, _ = load_model(args.checkpoint, teacher=args.teacher)
+    palette = read_palette(args.palette, cfg.model.num_classes)
+    if size is None:  # the file's test size, as eval (and mmseg's image demo) take it
+        size, keep_ratio = tuple(cfg.data.test_size), cfg.data.keep_ratio
+    else:
+        keep_ratio = args.keep_ratio
+    if size == (0, 0):  # the image's own size
+        size, keep_ratio = None, False
     model.to(device)
     prior = dark_zurich_prior(cfg.data.dark_zurich_test_prior, cfg.model.num_classes)  # for *_rgb_anon.png images
     written, skipped = predict_files(
         model, images, out, num_classes=cfg.model.num_classes, trainids=args.trainids, overlay=args.overlay,
-        dark_zurich_prior=prior, progress=not args.no_progress, size=size, keep_ratio=args.keep_ratio, mode=args.mode,
+        palette=palette, opacity=args.opacity, force=args.force, dark_zurich_prior=prior,
+        progress=not args.no_progress, size=size, keep_ratio=keep_ratio, mode=args.mode,
         window=window or tuple(cfg.data.eval_window), stride=stride or tuple(cfg.data.eval_stride),
         scales=AUG_SCALES if args.aug_test else None, flip=args.aug_test, device=device, autocast=args.amp)
     print(json.dumps({"checkpoint": str(args.checkpoint), "weights": weights, "images": len(images),
                       "predicted": len(images) - len(skipped), "files": len(written),
+                      "size": list(size) if size else "as stored", "keep_ratio": keep_ratio,
                       "skipped": [str(p) for p in skipped], "out": str(out)}))
     return 1 if skipped else 0
 
@@ -169,7 +215,8 @@ def _predict(args) -> int:
 def _convert(args) -> int:
     from sepico.convert import convert
 
-    summary = convert(args.src, args.dst, model=args.model, teacher=args.teacher, config=args.config)
+    summary = convert(args.src, args.dst, model=args.model, teacher=args.teacher, config=args.config,
+                      force=args.force)
     for note in summary.pop("notes"):
         print(f"note: {note}", file=sys.stderr)
     print(json.dumps(summary))
@@ -195,8 +242,11 @@ def _info(args) -> int:
 
     import kernels
 
+    import sepico
+
     cuda = torch.cuda.is_available()
     info = {
+        "sepico": sepico.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": triton.__version__,
@@ -226,8 +276,14 @@ def _check_kernel_backend() -> None:
                           "interpreter) to run the kernels on the CPU; use auto or torch here")
 
 
+DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import sepico
+
     parser = argparse.ArgumentParser(prog="sepico", description="SePiCo domain-adaptive segmentation")
+    parser.add_argument("--version", action="version", version=f"sepico {sepico.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train from a TOML config")
     t.add_argument("config", nargs="?", help="TOML file (sections data, model, optim, method, train); "
@@ -235,16 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set optim.lr=1e-4 (repeatable)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint "
-                   "that loads, with the configuration stored there")
-    t.add_argument("--overwrite", action="store_true", help="replace the run in the run folder (its config, "
-                   "metrics, log, result and checkpoints are removed, and named)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   "that loads, with the configuration stored there (a finished run says so and exits 0)")
+    t.add_argument("--overwrite", action="store_true", help="replace the sepico run in the run folder (its config, "
+                   "metrics, log, result, curves and checkpoints are removed, and named; other files stay)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (the log lines stay)")
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU)")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a training checkpoint or a `sepico convert` file")
     e.add_argument("--data", help="target dataset name (default: the run's target): synthetic, "
                    "cityscapes, dark_zurich, nighttime_driving, bdd100k_night")
     e.add_argument("--root", help="dataset folder for a real dataset")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--teacher", action="store_true", help="evaluate the EMA teacher, not the student")
     e.add_argument("--mode", choices=("whole", "slide"), help="whole-image or sliding-window inference "
                    "(default: the run's data.eval_mode)")
@@ -261,16 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--aug-test", action="store_true", help="test-time augmentation: scales 0.5 to 1.75 (step "
                    "0.25) of the test size and horizontal flips, softmax-averaged (the official --aug-test)")
-    e.add_argument("--out", help="also write the result JSON here")
-    p = sub.add_parser("predict", help="segmentation maps of images (png / jpg files and folders)")
+    e.add_argument("--out", metavar="FILE", help="also write the result JSON here (replaces only an earlier "
+                   "`sepico eval` result, never the checkpoint or another file without --force)")
+    e.add_argument("--force", action="store_true", help="let --out replace a file that is not an earlier result "
+                   "(never an input or a checkpoint)")
+    p = sub.add_parser("predict", help="segmentation maps of images (png, jpg, bmp, webp, tif files and folders)")
     p.add_argument("checkpoint", help="a training checkpoint or a `sepico convert` file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (walked in sorted order)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for <stem>_color.png (and the others)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for <stem>_color.png (and the others); it "
+                   "may hold no input")
     p.add_argument("--trainids", action="store_true", help="also <stem>_labelTrainIds.png (uint8 train ids, "
                    "the benchmark servers' format)")
     p.add_argument("--overlay", action="store_true", help="also <stem>_overlay.png (image and colours blended)")
-    p.add_argument("--size", metavar="H,W", help="resize each image to H,W for inference (default: its own "
-                   "size); the maps are written at the image's size either way")
+    p.add_argument("--palette", default="cityscapes", metavar="NAME_OR_JSON", help="colours of the maps: "
+                   "cityscapes, or a JSON file with one [R, G, B] per class")
+    p.add_argument("--opacity", type=float, default=0.5, help="weight of the colours in the overlay, in (0, 1] "
+                   "(mmseg's show_result; default 0.5)")
+    p.add_argument("--size", metavar="H,W", help="resize each image to H,W for inference (default: the file's "
+                   "test size and keep-ratio, as eval; 0,0: the image's own size); the maps are written at the "
+                   "image's size either way")
     p.add_argument("--keep-ratio", action="store_true", help="--size is a scale the image is rescaled into "
                    "keeping its aspect ratio (mmseg's keep_ratio)")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole-image or sliding-window")
@@ -278,20 +343,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", metavar="H,W", help="sliding-window stride (default: the file's data.eval_stride)")
     p.add_argument("--aug-test", action="store_true", help="test-time augmentation as in `sepico eval --aug-test`")
     p.add_argument("--teacher", action="store_true", help="the EMA teacher of a training checkpoint")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on a GPU (default: float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace existing files in --out that are not earlier "
+                   "maps of sepico predict (never an input)")
     c = sub.add_parser("convert", help="convert an official SePiCo / DAFormer checkpoint into a sepico file")
     c.add_argument("src", help="official checkpoint (mmcv: meta / state_dict / optimizer; or a state dict)")
-    c.add_argument("dst", help="sepico weight file to write (read by eval, predict, model.init_checkpoint)")
+    c.add_argument("dst", help="sepico weight file to write (read by eval, predict, model.init_checkpoint); "
+                   "never the source, an existing file only with --force")
     c.add_argument("--model", help="architecture, one of sepico.models.MODEL_NAMES (default: daformer_mit_b5, "
                    "or the --config file's model.name); widths come from the tensor shapes")
     c.add_argument("--teacher", action="store_true", help="convert the EMA teacher (ema_model.*), not the student")
     c.add_argument("--config", help="TOML run configuration whose data and evaluation settings the file keeps "
                    "(default: the published Cityscapes evaluation)")
+    c.add_argument("--force", action="store_true", help="replace an existing dst (never the source itself)")
     g = sub.add_parser("plot", help="draw a run's curves (metrics.jsonl) to RUN_DIR/curves.png")
-    g.add_argument("run_dir")
-    sub.add_parser("info", help="versions, device and the active kernel backend")
+    g.add_argument("run_dir", help="a run folder (holding metrics.jsonl)")
+    sub.add_parser("info", help="sepico's version, the versions beneath it, the device and the kernel backend")
     a = sub.add_parser("ablate", help="ablation on the synthetic benchmark (sepico.ablation)")
     from sepico.ablation import add_arguments
 

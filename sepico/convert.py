@@ -17,6 +17,7 @@ evaluation setting), and one set of weights. Class statistics are not in officia
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,9 +25,10 @@ import torch
 
 from sepico.models import weight_problems
 from sepico.models.pretrained import _first
+from sepico.errors import ConfigError, OutputError
+from sepico.files import same_file
 from sepico.train.checkpoint import atomic_save, read_checkpoint
 from sepico.train.config import Config, ModelConfig, load_config
-from sepico.errors import ConfigError
 
 FORMAT = "sepico-converted-1"
 RENAMES = (("backbone.", "encoder."), ("decode_head.", "decode_head."), ("auxiliary_head.", "projection_head."))
@@ -98,14 +100,16 @@ def model_widths(weights: dict[str, torch.Tensor], name: str, where: str = "chec
     return widths
 
 
-def convert(src, dst, *, model: str | None = None, teacher: bool = False, config=None) -> dict:
+def convert(src, dst, *, model: str | None = None, teacher: bool = False, config=None, force: bool = False) -> dict:
     """Convert the official checkpoint ``src`` into the sepico weight file ``dst`` (written
     atomically, only once everything matched). ``config``: a TOML run configuration whose data
-    and evaluation settings the file keeps (default: the published Cityscapes evaluation).
-    Returns a summary (model, widths, weights, notes)."""
+    and evaluation settings the file keeps (default: the published Cityscapes evaluation). An
+    existing ``dst`` is replaced only with ``force``, and never when it is ``src`` itself (also
+    through a link). Returns a summary (model, widths, weights, notes)."""
     from sepico.train.trainer import build_run_model
 
-    src = Path(src)
+    src, dst = Path(src), Path(dst)
+    _check_destination(src, dst, force)
     cfg = load_config(config, []) if config else _cityscapes_evaluation()
     name = model or (cfg.model.name if config else "daformer_mit_b5")
     weights = official_weights(read_checkpoint(src), teacher=teacher, where=str(src))
@@ -123,9 +127,6 @@ def convert(src, dst, *, model: str | None = None, teacher: bool = False, config
     if problems:
         raise ConversionError(f"{src} does not hold a {name} model: {problems}")
     net.load_state_dict(weights)
-    dst = Path(dst)
-    if not dst.resolve().parent.is_dir():
-        raise ConfigError(f"no folder {dst.resolve().parent} to write {dst.name} into")
     label = "teacher" if teacher else "student"
     atomic_save({"format": FORMAT, "config": cfg.to_dict(), "model": net.state_dict(), "weights": label,
                  "source": str(src)}, dst)
@@ -144,25 +145,45 @@ class LoadedModel(NamedTuple):
 def load_model(path, *, teacher: bool = False) -> LoadedModel:
     """The model of a sepico weight file: a training checkpoint (its student, or with ``teacher``
     its EMA teacher) or a converted file."""
-    from sepico.train.config import from_dict
+    from sepico.train.config import from_dict, validate_model
     from sepico.train.trainer import build_run_model
 
     state = read_checkpoint(path)
-    if "config" not in state or "model" not in state:
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
         raise ConfigError(f"{path} is neither a sepico training checkpoint nor a converted file (no config / "
                           "model); convert an official checkpoint with `sepico convert`")
     if teacher and "teacher" not in state:
         raise ConfigError(f"{path} holds one set of weights (the {state.get('weights', 'student')} of "
                           f"{state.get('source', 'its source')}); --teacher does not apply")
-    cfg = from_dict(state["config"])
+    try:
+        cfg = from_dict(state["config"])
+        validate_model(cfg.model)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: its configuration is not valid ({err})") from None
     cfg.model.pretrained = cfg.model.init_checkpoint = ""  # the weights come from the file
     net = build_run_model(cfg.model)
     weights = state["teacher" if teacher else "model"]
-    problems = weight_problems(net.state_dict(), weights)
+    problems = weight_problems(net.state_dict(), weights) if isinstance(weights, dict) else "not a state dict"
     if problems:
         raise ConfigError(f"{path} does not match its own configuration: {problems}")
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values ({_first(bad)}); "
+                          "the model would predict garbage")
     net.load_state_dict(weights)
     return LoadedModel(net, cfg, "teacher" if teacher else state.get("weights", "student"), state.get("iteration"))
+
+
+def _check_destination(src: Path, dst: Path, force: bool) -> None:
+    if os.path.lexists(dst) and not dst.is_dir():
+        if same_file(src, dst):
+            raise OutputError(f"{dst} is the file being converted; it is never replaced (give another name)")
+        if not force:
+            raise OutputError(f"{dst} exists; choose another name, or --force to replace it")
+    elif dst.is_dir():
+        raise OutputError(f"{dst} is a folder; give the name of the file to write")
+    elif not dst.parent.is_dir():
+        raise OutputError(f"no folder {dst.parent} to write {dst.name} into")
 
 
 def _cityscapes_evaluation() -> Config:

@@ -81,11 +81,10 @@ def slide_logits(model, images: torch.Tensor, num_classes: int, window, stride) 
     return out / hits
 
 
-def predict_logits(model, images: torch.Tensor, label_size, *, num_classes: int, mode: str = "whole",
-                   window=(1024, 1024), stride=(768, 768), prior: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 logits [B, C, *label_size] of images in [0, 1] (normalised here). With ``prior``
-    (class weights [C]) the scores are instead the softmax at the input's size times the prior,
-    resized to the label: the official test of Dark Zurich images (``simple_test``)."""
+def _input_scores(model, images: torch.Tensor, *, num_classes: int, mode: str, window, stride,
+                  prior: torch.Tensor | None) -> torch.Tensor:
+    """float32 scores [B, C, h, w] at the input's size: the logits, or with ``prior`` the softmax
+    times the prior (the official test of Dark Zurich images, ``simple_test``)."""
     x = normalize(images)
     if mode == "whole":
         # Two resizes, as the official test path: to the network input (encode_decode), then to
@@ -98,9 +97,53 @@ def predict_logits(model, images: torch.Tensor, label_size, *, num_classes: int,
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if prior is not None:
         logits = logits.softmax(1) * prior.to(logits).view(1, -1, 1, 1)
+    return logits
+
+
+def predict_logits(model, images: torch.Tensor, label_size, *, num_classes: int, mode: str = "whole",
+                   window=(1024, 1024), stride=(768, 768), prior: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 logits [B, C, *label_size] of images in [0, 1] (normalised here). With ``prior``
+    (class weights [C]) the scores are instead the softmax at the input's size times the prior,
+    resized to the label: the official test of Dark Zurich images (``simple_test``)."""
+    logits = _input_scores(model, images, num_classes=num_classes, mode=mode, window=window, stride=stride,
+                           prior=prior)
     if tuple(logits.shape[-2:]) != tuple(label_size):
         logits = F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=False)
     return logits
+
+
+def predict_labels(model, images: torch.Tensor, label_size, *, num_classes: int, mode: str = "whole",
+                   window=(1024, 1024), stride=(768, 768), prior: torch.Tensor | None = None) -> torch.Tensor:
+    """int64 [B, *label_size]: ``predict_logits(...).argmax(1)``, equal to it element for element,
+    without the [B, C, *label_size] scores (``resized_argmax``): a 48-megapixel photo needs a few
+    of its classes at full size at a time, not all 19."""
+    scores = _input_scores(model, images, num_classes=num_classes, mode=mode, window=window, stride=stride,
+                           prior=prior)
+    return resized_argmax(scores, label_size)
+
+
+def resized_argmax(scores: torch.Tensor, size, *, max_elements: int = 2**26) -> torch.Tensor:
+    """``F.interpolate(scores, size, mode="bilinear", align_corners=False).argmax(1)`` with at most
+    about ``max_elements`` resized values alive at a time: the classes are resized a group at a
+    time (each class is interpolated on its own, so each value is the same as in the full resize)
+    and a running maximum keeps the first class of the largest score, as argmax does."""
+    size = tuple(int(v) for v in size)
+    if tuple(scores.shape[-2:]) == size:
+        return scores.argmax(1)
+    b, c = scores.shape[:2]
+    group = max(1, min(c, max_elements // max(1, b * size[0] * size[1])))
+    best = index = None
+    for start in range(0, c, group):
+        part = F.interpolate(scores[:, start:start + group], size=size, mode="bilinear", align_corners=False)
+        value, arg = part.max(1)
+        del part
+        if best is None:
+            best, index = value, arg
+            continue
+        better = value > best  # strictly: on a tie the earlier class stays, as argmax's first maximum
+        best = torch.where(better, value, best)
+        index = torch.where(better, arg + start, index)
+    return index
 
 
 def aug_probabilities(model, views, label_size, *, num_classes: int, flip: bool = True, mode: str = "whole",
@@ -158,10 +201,11 @@ def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", ba
                     views = [v.to(device) for v in images] if isinstance(images, (list, tuple)) else [images.to(device)]
                     scores = aug_probabilities(model, views, labels.shape[-2:], num_classes=num_classes, flip=flip,
                                                mode=mode, window=window, stride=stride)
+                    predicted = scores.argmax(1)
                 else:
-                    scores = predict_logits(model, images.to(device), labels.shape[-2:], num_classes=num_classes,
-                                            mode=mode, window=window, stride=stride, prior=prior)
-            conf += confusion_matrix(scores.argmax(1).cpu(), labels, num_classes)
+                    predicted = predict_labels(model, images.to(device), labels.shape[-2:], num_classes=num_classes,
+                                               mode=mode, window=window, stride=stride, prior=prior)
+            conf += confusion_matrix(predicted.cpu(), labels, num_classes)
     finally:
         model.train(was_training)
     result = {**iou_from_confusion(conf, classes), "confusion": conf.tolist()}
@@ -186,4 +230,4 @@ def format_table(result: dict, class_names=CLASS_NAMES) -> str:
 
 
 __all__ = ["MODES", "aug_probabilities", "confusion_matrix", "evaluate", "format_table", "inference_autocast",
-           "iou_from_confusion", "predict_logits", "protocol_mious", "slide_logits"]
+           "iou_from_confusion", "predict_labels", "predict_logits", "protocol_mious", "resized_argmax", "slide_logits"]

@@ -18,6 +18,8 @@ import os
 import re
 from pathlib import Path
 
+from sepico.files import atomic_write
+
 
 def _markers(name: str) -> tuple[str, str]:
     if not re.fullmatch(r"[\w.-]+", name):
@@ -47,6 +49,4 @@ def write_block(page: str | os.PathLike, name: str, body: str) -> None:
     else:
         text = page.read_text().rstrip("\n") + "\n\n" if page.exists() else ""
         text += block + "\n"
-    tmp = page.with_name(f".{page.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, page)
+    atomic_write(page, text)

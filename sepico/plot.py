@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sepico.errors import ConfigError
+from sepico.files import atomic_write
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -92,16 +92,7 @@ def plot_run(run_dir) -> Path:
     fig = curves_figure(read_metrics(run_dir / "metrics.jsonl"))
     fig.suptitle(run_dir.resolve().name, fontsize=11)
     path = run_dir / "curves.png"
-    # One fixed temporary name: a plot killed mid-write leaves at most this file, and the next plot
-    # replaces it. Readers never see a half-written curves.png.
-    tmp = run_dir / ".curves.png.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            fig.canvas.print_png(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, fig.canvas.print_png)  # readers never see a half-written curves.png
     return path
 
 

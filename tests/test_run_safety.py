@@ -185,7 +185,7 @@ def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
         if len(kills) < len(plan):
             how, deadline = plan[len(kills)], time.time() + (rng.uniform(2.0, 6.0) if plan[len(kills)] == "random" else 300)
             while proc.poll() is None and time.time() < deadline:
-                if how == "during_save" and any(run.glob(".ckpt_*.pt.tmp")):
+                if how == "during_save" and any(run.glob(".ckpt_*.tmp")):
                     break
                 time.sleep(0.002)
             if proc.poll() is None:

@@ -251,12 +251,19 @@ def test_cli_eval_and_info(tmp_path):
 
     result = json.loads(out.read_text())
     assert result["iteration"] == 1 and 0.0 <= result["miou"] <= 100.0
-    assert set(result["iou"]) == {str(c) for c in trainer.data.eval_classes}
+    from sepico.data.cityscapes import CLASS_NAMES
+
+    assert result["command"] == "sepico eval"
+    assert list(result["class_ids"].values()) == list(trainer.data.eval_classes)  # ids beside the names
+    assert list(result["iou"]) == [CLASS_NAMES[c] for c in trainer.data.eval_classes]
     direct = trainer.evaluate()
     assert result["miou"] == pytest.approx(direct["miou"])
     info = subprocess.run([sys.executable, "-m", "sepico.cli", "info"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "KERNELS_BACKEND": "torch"})
     assert info.returncode == 0 and "kernel_backend_requested   torch" in info.stdout
+    import sepico
+
+    assert f"sepico                     {sepico.__version__}" in info.stdout
     missing = subprocess.run([sys.executable, "-m", "sepico.cli", "eval", str(tmp_path / "none.pt")],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr

@@ -41,17 +41,12 @@ PALETTE = np.array([
 ], dtype=np.uint8)
 PALETTE.flags.writeable = False
 
-# One row per possible uint8 label value: train ids get their colour, everything else black.
-_LUT = np.zeros((256, 3), dtype=np.uint8)
-_LUT[:NUM_CLASSES] = PALETTE
-
-
-def colorize(labels) -> np.ndarray:
-    """Colour a train-id label map with the Cityscapes palette.
+def colorize(labels, palette=PALETTE) -> np.ndarray:
+    """Colour a train-id label map with the Cityscapes palette (or ``palette``, uint8 [C, 3]).
 
     Args:
         labels: integer array or tensor of any shape, e.g. [H, W] or [B, H, W], with values in
-            0..18 or 255 (ignore, drawn black). A CUDA tensor is copied to the host.
+            0..C-1 or 255 (ignore, drawn black). A CUDA tensor is copied to the host.
 
     Returns:
         A numpy uint8 array of shape ``labels.shape + (3,)`` (RGB), ready for matplotlib or PIL.
@@ -64,8 +59,10 @@ def colorize(labels) -> np.ndarray:
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels must be an integer array, got {labels.dtype}")
     if labels.size:
-        bad = (labels < 0) | ((labels >= NUM_CLASSES) & (labels != IGNORE_INDEX))
+        bad = (labels < 0) | ((labels >= len(palette)) & (labels != IGNORE_INDEX))
         if bad.any():
-            raise ValueError(f"labels must be train ids 0..{NUM_CLASSES - 1} or {IGNORE_INDEX} "
+            raise ValueError(f"labels must be train ids 0..{len(palette) - 1} or {IGNORE_INDEX} "
                              f"(ignore), found {labels[bad].flat[0]}")
-    return _LUT[labels.astype(np.intp)]
+    table = np.zeros((256, 3), dtype=np.uint8)  # a row per uint8 value: ids get their colour, the rest black
+    table[:len(palette)] = palette
+    return table[labels.astype(np.intp)]

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from sepico.data.cityscapes import IGNORE_INDEX
+from sepico.errors import ConfigError
+from sepico.files import atomic_write
 
 _FORMAT = "sepico-class-stats-1"
 
@@ -49,22 +51,39 @@ def load_class_stats(dataset, path, num_classes: int, *, workers: int = 1) -> np
     the cache is missing or lists other files."""
     path = Path(path)
     files = [dataset.label_key(i) for i in range(len(dataset))]
-    if path.is_file():
+    cached = _read_cache(path)
+    if cached is not None and cached.get("num_classes") == num_classes and cached.get("files") == files:
         try:
-            cached = json.loads(path.read_text())
-            if (cached.get("format") == _FORMAT and cached.get("num_classes") == num_classes
-                    and cached.get("files") == files):
-                return np.asarray(cached["counts"], dtype=np.int64).reshape(len(files), num_classes)
-        except (json.JSONDecodeError, KeyError, ValueError):
-            pass  # unreadable or stale: recompute
+            counts = np.asarray(cached["counts"], dtype=np.int64).reshape(len(files), num_classes)
+            if (counts >= 0).all():
+                return counts
+        except (KeyError, TypeError, ValueError):
+            pass  # a damaged cache of ours: computed again below
     counts = class_pixel_counts(dataset, num_classes, workers=workers)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"format": _FORMAT, "dataset": getattr(dataset, "name", ""),
-                               "num_classes": num_classes, "files": files,
-                               "counts": counts.tolist()}))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"format": _FORMAT, "dataset": getattr(dataset, "name", ""),
+                                   "num_classes": num_classes, "files": files, "counts": counts.tolist()}))
     return counts
+
+
+def _read_cache(path: Path) -> dict | None:
+    """The cache at ``path`` (None when there is none, or it is a damaged one of ours); a file that is
+    not a sepico class-statistics cache is refused, so it is never written over."""
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise ConfigError(f"data.class_stats: {path} is not a regular file; give the path of a cache file")
+    text = path.read_bytes()
+    try:
+        cached = json.loads(text)
+    except ValueError:
+        cached = None
+    if isinstance(cached, dict) and cached.get("format") == _FORMAT:
+        return cached
+    if _FORMAT.encode() in text[:200]:
+        return None  # ours, cut short
+    raise ConfigError(f"data.class_stats: {path} is not a sepico class-statistics cache; it is not replaced "
+                      "(give another path in data.class_stats, or remove the file)")
 
 
 class RareClassSampler:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from sepico.data.cityscapes import IGNORE_INDEX
@@ -154,12 +154,23 @@ class SegmentationFolder(Dataset):
 
 
 def read_rgb(path) -> Image.Image:
-    """An image file decoded to RGB; ``DatasetError`` naming the file when it cannot be."""
+    """An image file decoded to 8-bit RGB as mmcv's ``imread`` (cv2 ``IMREAD_COLOR``) decodes it: the
+    EXIF orientation applied (a phone photo stands as it was taken), 16-bit samples cut to their high
+    byte (libpng's ``png_set_strip_16``, which cv2 asks for), grey replicated, alpha dropped.
+    ``DatasetError`` naming the file when it cannot be decoded, is empty or claims more pixels than
+    Pillow's decompression-bomb limit."""
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+                high = (np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+                return Image.fromarray(high).convert("RGB")
             return im.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"{path}: cannot read the image ({err})") from None
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"{path}: refused: {err}") from None
+    except Exception as err:  # noqa: BLE001 - a damaged file of any kind is one line naming it
+        raise DatasetError(f"{path}: cannot read the image ({type(err).__name__}: "
+                           f"{' '.join(str(err).split())[:160]})") from None
 
 
 def image_to_tensor(image) -> torch.Tensor:

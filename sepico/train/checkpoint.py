@@ -1,24 +1,43 @@
-"""Checkpoints that survive interruption and run no foreign code.
+"""Checkpoints that survive interruption and run no foreign code, and the run folder they live in.
 
-Written to a temporary file, flushed to disk, then renamed over the final name (atomic on POSIX),
-so a crash leaves either the old or the new file. Read with ``torch.load(weights_only=True)``:
-a checkpoint holds tensors and plain containers only (RNG states included), and a file holding
-anything else is refused in one line that names it, before any of it runs.
+Written to a temporary file created exclusively in the run folder, flushed to disk, then renamed
+over the final name (``sepico.files.atomic_write``), so a crash leaves either the old or the new
+file. Read with ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain containers
+only (RNG states included; numpy scalars, as in an mmcv ``meta``, are allowed as plain data), and a
+file holding anything else is refused in one line that names it, before any of it runs.
+
+A run folder (``RunFolder``) is claimed by one process for the length of a run: an exclusive
+``flock`` on its marker file ``.sepico-run`` (released by the system when the process ends, however
+it ends), so a second ``sepico train`` into the same folder is refused while the first one runs.
+The marker, or a ``config.json`` that parses as a sepico run configuration, is what makes a folder
+a run; ``--overwrite`` removes only the files the run layout names (``RUN_FILES`` and checkpoints).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import pickle
 import re
+import socket
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sepico.errors import ConfigError
+from sepico.files import atomic_write, remove_temporaries
 
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
-_TMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp$")
+MARKER = ".sepico-run"
+RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "train.log", "curves.png")
+# What weights-only loading may rebuild beyond tensors and containers: numpy scalars and their
+# dtypes (mmcv's runner stores some in a checkpoint's meta), under numpy 1's and numpy 2's names.
+_NUMPY_SCALARS = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np._core.multiarray.scalar,
+                  np.dtype] + [type(np.dtype(kind)) for kind in "?bBhHiIlLqQefdgFDG"]
 
 
 class CheckpointError(ConfigError):
@@ -35,7 +54,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: not a readable checkpoint (an empty file)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_SCALARS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's warning on legacy (non-zip) files: the errors below say it all
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
         detail = found.group(1).strip()[:160] if found else _first_line(err)
@@ -59,25 +80,21 @@ def _first_line(err: BaseException) -> str:
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary files a save that was killed left behind; returns them."""
-    run_dir = Path(run_dir)
-    stale = [p for p in run_dir.iterdir() if _TMP.match(p.name)] if run_dir.is_dir() else []
-    for p in stale:
-        p.unlink()
-    return stale
+    """Delete the temporary files that a killed checkpoint save left behind; returns them."""
+    return remove_temporaries(run_dir, r"ckpt_\d{8}\.pt")
 
 
-def newest_readable_checkpoint(run_dir: Path, map_location="cpu") -> tuple[Path, dict]:
-    """(path, state) of the newest checkpoint that loads; each newer one that does not is named in a
-    warning line and skipped. CheckpointError when none loads."""
+def newest_readable_checkpoint(run_dir: Path, map_location="cpu") -> tuple[Path, dict, list[Path]]:
+    """(path, state, unreadable) of the newest checkpoint that loads; each newer one that does not
+    is named in a warning line, skipped and listed in ``unreadable``. CheckpointError when none loads."""
     bad = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return path, read_checkpoint(path, map_location)
+            return path, read_checkpoint(path, map_location), bad
         except CheckpointError as err:
             print(f"warning: skipping {err}", file=sys.stderr, flush=True)
-            bad.append(path.name)
-    detail = f" that loads (unreadable: {', '.join(bad)})" if bad else ""
+            bad.append(path)
+    detail = f" that loads (unreadable: {', '.join(p.name for p in bad)})" if bad else ""
     raise CheckpointError(f"--resume: no checkpoint in {run_dir}{detail}")
 
 
@@ -86,18 +103,8 @@ def checkpoint_path(run_dir: Path, iteration: int) -> Path:
 
 
 def atomic_save(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself reaches the disk
-    finally:
-        os.close(fd)
+    """``torch.save(obj)`` to ``path`` atomically (``sepico.files.atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -109,11 +116,115 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    for old in list_checkpoints(run_dir)[:-keep]:
+def prune_checkpoints(run_dir: Path, keep: int, *, newest: Path, unreadable=()) -> list[Path]:
+    """Delete all but the ``keep`` highest-numbered checkpoints, never ``newest`` (the one just
+    written) and never counting or deleting a file in ``unreadable`` (checkpoints a resume could not
+    load: a kept slot must hold a checkpoint that loads). Returns the deleted files."""
+    unreadable = {Path(p).name for p in unreadable}
+    counted = [p for p in reversed(list_checkpoints(run_dir)) if p.name not in unreadable and p != Path(newest)]
+    deleted = counted[max(keep - 1, 0):]
+    for old in deleted:
         old.unlink()
+    return deleted
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The files of a run in ``run_dir`` that ``--overwrite`` removes: its config, metrics, log,
+    result, curves and checkpoints (not its class-statistics cache, which stays valid)."""
+    run_dir = Path(run_dir)
+    return [p for p in (run_dir / name for name in RUN_FILES) if p.is_file()] + list_checkpoints(run_dir)
+
+
+def is_run_config(path: Path) -> bool:
+    """A ``config.json`` that parses as a sepico run configuration."""
+    from sepico.train.config import from_dict
+
+    try:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not {"data", "model", "train"} <= set(data):
+            return False
+        from_dict(data)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+_HELD: dict[str, list] = {}  # run folder -> [file descriptor, claims]: this process's claims
+
+
+class RunFolder:
+    """The folder of one run, claimed by one process (``claim``) until ``release`` or its end.
+
+    ``claim`` takes an exclusive, non-blocking ``flock`` on ``MARKER`` and writes the process id
+    and host into it; a folder another live process holds is refused in one line naming that
+    process. A lock held by a process that died (SIGKILL included) is released by the system, so
+    no stale lock can remain. Claims from one process nest (the lock is released with the last one).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._key = None
+        self._created_marker = self._created_folder = False
+
+    def is_run(self) -> bool:
+        """The folder holds a sepico run: its marker, or a config.json that parses as a run's."""
+        return (self.path / MARKER).is_file() or is_run_config(self.path / "config.json")
+
+    def foreign_files(self) -> list[str]:
+        """Files with the names of the run layout that are not a sepico run's (in a folder that is
+        not a run): a run started here would write over them."""
+        if self.is_run():
+            return []
+        return sorted(p.name for p in run_files(self.path))
+
+    def claim(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"run folder {self.path} is a file; train.run_dir names a folder")
+        self._created_folder = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self._key = key
+            return
+        marker = self.path / MARKER
+        created = not os.path.lexists(marker)
+        try:
+            fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise ConfigError(f"{marker}: cannot create the run's marker ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").split()
+            os.close(fd)
+            who = f" (pid {holder[0]} on {holder[1]})" if len(holder) >= 2 else ""
+            raise ConfigError(f"{self.path} is in use by another sepico run{who}; wait for it to end, or "
+                              "choose another train.run_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        _HELD[key] = [fd, 1]
+        self._key = key
+        self._created_marker = created
+
+    def release(self, *, remove_marker: bool = False) -> None:
+        """Give up this claim; ``remove_marker``: the claim was refused after all (the folder is
+        not a run), so the marker this claim created goes too."""
+        if self._key is None:
+            return
+        held = _HELD[self._key]
+        held[1] -= 1
+        if held[1] == 0:
+            os.close(held[0])
+            del _HELD[self._key]
+            if remove_marker and self._created_marker:
+                (self.path / MARKER).unlink(missing_ok=True)
+                if self._created_folder:
+                    with contextlib.suppress(OSError):
+                        self.path.rmdir()  # only when empty
+        self._key = None

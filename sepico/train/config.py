@@ -22,6 +22,7 @@ MIX_CLASSES = ("batch", "image")
 CE_REDUCTIONS = ("all", "valid")
 ENCODER_NORMS = ("batch", "group")
 ON_NONFINITE = ("stop", "skip")
+MAX_SCENES = 10_000_000  # synthetic scenes per split
 
 
 @dataclass
@@ -243,7 +244,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason}); TOML files "
+                          "are UTF-8") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     cfg = from_dict(data)
@@ -279,11 +283,7 @@ def validate(cfg: Config) -> None:
     choice("method.target_pass", m.target_pass, TARGET_PASSES)
     choice("method.mix_classes", m.mix_classes, MIX_CLASSES)
     choice("method.ce_reduction", m.ce_reduction, CE_REDUCTIONS)
-    choice("model.encoder_norm", cfg.model.encoder_norm, ENCODER_NORMS)
     choice("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE)
-    if cfg.model.encoder_norm != "batch" and cfg.model.name != "convnet_small":
-        raise ConfigError("config field 'model.encoder_norm' applies to convnet_small only "
-                          f"(model.name is {cfg.model.name!r})")
     if m.pseudo_crop and (cfg.data.target == "synthetic" or 0 in tuple(cfg.data.crop_size)):
         raise ConfigError("config field 'method.pseudo_crop' needs a real target dataset and "
                           "data.crop_size (the crop cut from each whole target image)")
@@ -330,20 +330,20 @@ def validate(cfg: Config) -> None:
         within(f"method.{key}", getattr(m, key), 0.0, 1.0)
     if len(cfg.data.size) != 2 or any(not isinstance(v, int) or v < 1 for v in cfg.data.size):
         raise ConfigError(f"config field 'data.size' must be (H, W) of integers > 0, got {cfg.data.size!r}")
-    positive("data.train_length", cfg.data.train_length)
-    positive("data.test_length", cfg.data.test_length)
+    _check_name(cfg.name)
+    for key in ("train_length", "test_length"):
+        value = getattr(cfg.data, key)
+        positive(f"data.{key}", value)
+        if value > MAX_SCENES:  # each epoch draws a permutation of the scenes: 8 bytes a scene
+            raise ConfigError(f"config field 'data.{key}' must be at most {MAX_SCENES:,} scenes, got {value:,}")
     _validate_data(cfg.data, choice, positive)
-    positive("model.num_classes", cfg.model.num_classes)
+    validate_model(cfg.model)
     if "synthetic" in (cfg.data.source, cfg.data.target):
         from sepico.data.synthetic import SYNTHETIC_CLASSES
 
         if cfg.model.num_classes <= max(SYNTHETIC_CLASSES):
             raise ConfigError(f"config field 'model.num_classes' must be > {max(SYNTHETIC_CLASSES)} for the "
                               f"synthetic scenes (their labels are Cityscapes train ids), got {cfg.model.num_classes}")
-    positive("model.proj_dim", cfg.model.proj_dim)
-    positive("model.head_channels", cfg.model.head_channels)
-    from sepico.models import MODEL_NAMES
-    choice("model.name", cfg.model.name, MODEL_NAMES)
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"config field 'model.pretrained': no file at {cfg.model.pretrained}")
     if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
@@ -351,6 +351,29 @@ def validate(cfg: Config) -> None:
     if cfg.model.pretrained and cfg.model.init_checkpoint:
         raise ConfigError("config fields 'model.pretrained' and 'model.init_checkpoint' exclude each other (the "
                           "init checkpoint holds the whole model, encoder included)")
+
+
+def validate_model(m: ModelConfig) -> None:
+    """The fields that build the network: a known model with positive widths."""
+    from sepico.models import MODEL_NAMES
+
+    for key in ("num_classes", "proj_dim", "head_channels"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"config field 'model.{key}' must be > 0, got {getattr(m, key)!r}")
+    if m.name not in MODEL_NAMES:
+        raise ConfigError(f"config field 'model.name' must be one of {', '.join(MODEL_NAMES)}, got {m.name!r}")
+    if m.encoder_norm not in ENCODER_NORMS:
+        raise ConfigError(f"config field 'model.encoder_norm' must be one of {', '.join(ENCODER_NORMS)}, "
+                          f"got {m.encoder_norm!r}")
+    if m.encoder_norm != "batch" and m.name != "convnet_small":
+        raise ConfigError(f"config field 'model.encoder_norm' applies to convnet_small only (model.name is {m.name!r})")
+
+
+def _check_name(name: str) -> None:
+    """``name`` names the run (its folder is runs/<name>): a name, not a path."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name.strip() != name:
+        raise ConfigError(f"config field 'name' must be a plain name (no '/', '\\', '..', no leading or "
+                          f"trailing spaces, not empty), got {name!r}; train.run_dir chooses the folder")
 
 
 def _check_finite(cfg: Config) -> None:

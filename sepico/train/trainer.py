@@ -39,30 +39,22 @@ from sepico.data.cityscapes import IGNORE_INDEX
 from sepico.data.night import class_prior_weights, dark_zurich_prior, fuse_day_night
 from sepico.data.real import DatasetError
 from sepico.data.transforms import normalize
-from sepico.evaluation import evaluate
+from sepico.evaluation import evaluate, format_table
 from sepico.method import CONTRASTIVE_VARIANTS, SePiCo
 from sepico.models import build_model, load_pretrained_encoder, weight_problems
 from sepico.models.heads import resize_to
 from sepico.train import augment
-from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoints, newest_readable_checkpoint,
-                                     prune_checkpoints, read_checkpoint, remove_stale_temporaries)
+from sepico.train.checkpoint import (MARKER, CheckpointError, RunFolder, atomic_save, checkpoint_path, newest_readable_checkpoint,
+                                     prune_checkpoints, read_checkpoint, remove_stale_temporaries, run_files)
 from sepico.train.config import Config
 from sepico.errors import ConfigError, NonFiniteLoss
+from sepico.files import atomic_write, open_append
 from sepico.train.data import BatchStream, build_datasets
 from sepico.train.distributed import any_rank, average_gradients, broadcast_from_first, init_distributed
 
 # What a resumed run may change: nothing that the iterations already computed depend on.
 RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
                     "train.keep_checkpoints", "train.device", "train.run_dir", "data.num_workers")
-RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "train.log", "curves.png")
-
-
-def run_files(run_dir: Path) -> list[Path]:
-    """The files of a run in ``run_dir``: its config, metrics, log, result and checkpoints."""
-    run_dir = Path(run_dir)
-    return [p for p in (run_dir / name for name in RUN_FILES) if p.is_file()] + list_checkpoints(run_dir)
-
-
 def changed_fields(stored: dict, current: dict) -> list[str]:
     """``section.field`` names whose values differ between two config dicts, resumable ones aside."""
     out = []
@@ -87,15 +79,19 @@ def build_run_model(m) -> torch.nn.Module:
     return build_model(m.name, num_classes=m.num_classes, proj_dim=m.proj_dim, **extra)
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0, *, field: str = "config field 'train.device'") -> torch.device:
+    """The device ``name`` names (``auto``: a GPU if there is one); ``field`` is how errors name
+    where the value came from (``--device`` on the command line)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"config field 'train.device' is not a device: {name!r}") from None
+        raise ConfigError(f"{field} is not a device: {name!r} (auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{field} must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config field 'train.device' asks for cuda but no GPU is available")
+        raise ConfigError(f"{field} asks for cuda but no GPU is available")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)  # one GPU per process under torchrun
     return device
@@ -133,6 +129,37 @@ class Trainer:
         self.rank, self.world, local_rank = init_distributed()
         self.group = dist.group.WORLD if self.world > 1 else None
         self.device = resolve_device(cfg.train.device, local_rank)
+        # The folder is claimed before anything is written into it (the class-statistics cache
+        # included): a second run into it is refused here, in one line.
+        self.folder = RunFolder(self.run_dir)
+        if self.rank == 0:
+            self.folder.claim()
+        try:
+            self._check_run_dir(resume, overwrite)
+            self._build(progress, local_rank)
+            if self.rank == 0:
+                for stale in remove_stale_temporaries(self.run_dir):
+                    print(f"warning: removed {stale}, left by a checkpoint save that was cut short",
+                          file=sys.stderr, flush=True)
+            self._unreadable: list[Path] = []  # checkpoints a resume could not load: never pruned
+            self._named: list[Path] = []  # ... of which the warning has named these
+            if resume:
+                path, state, self._unreadable = newest_readable_checkpoint(self.run_dir, self.device)
+                self.load_checkpoint(path, state)
+            elif overwrite and self.rank == 0:
+                self._remove_previous_run()
+        except BaseException:
+            self.close(started=False)
+            raise
+        shard = 1_000_003 * self.rank  # distinct data order per rank
+        self.source = BatchStream(self.data.source, cfg.train.batch_size, seed=cfg.train.seed + shard,
+                                  start=self.iteration, num_workers=cfg.data.num_workers)
+        self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7 + shard,
+                                  start=self.iteration, num_workers=cfg.data.num_workers)
+
+    def _build(self, progress: bool, local_rank: int) -> None:
+        """Datasets, model (with its initial weights), teacher, optimiser, schedule and the SePiCo method."""
+        cfg = self.cfg
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.progress = progress and self.rank == 0
@@ -181,19 +208,6 @@ class Trainer:
         self.class_prior = class_prior_weights(m.class_prior).to(self.device) if m.class_prior else None
         self.iteration = 0
         self._stop_signal = None
-        if self.rank == 0:
-            for stale in remove_stale_temporaries(self.run_dir):
-                print(f"warning: removed {stale}, left by a checkpoint save that was cut short",
-                      file=sys.stderr, flush=True)
-        if resume:
-            self.load_checkpoint(*newest_readable_checkpoint(self.run_dir, self.device))
-        else:
-            self._claim_run_dir(overwrite)
-        shard = 1_000_003 * self.rank  # distinct data order per rank
-        self.source = BatchStream(self.data.source, cfg.train.batch_size, seed=cfg.train.seed + shard,
-                                  start=self.iteration, num_workers=cfg.data.num_workers)
-        self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7 + shard,
-                                  start=self.iteration, num_workers=cfg.data.num_workers)
 
     def _load_init_checkpoint(self, path) -> None:
         """Start every weight of the model from a sepico weight file (``sepico convert`` output, or
@@ -212,19 +226,41 @@ class Trainer:
                   "the class statistics (feature means / covariances) are not in it and are estimated afresh",
                   file=sys.stderr, flush=True)
 
-    def _claim_run_dir(self, overwrite: bool) -> None:
-        """A fresh run never mixes with an earlier one in the same folder (its metrics, config
-        and checkpoints would be cut, overwritten or pruned)."""
-        found = run_files(self.run_dir)
-        if not found or self.rank != 0:
+    def _check_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """A fresh run never mixes with an earlier one in the same folder (its metrics, config and
+        checkpoints would be cut, overwritten or pruned), and never writes over files of the run
+        layout's names that are not a sepico run's; a resumed run needs a run there."""
+        if self.rank != 0:
             return
-        names = ", ".join(sorted(p.name for p in found))
-        if not overwrite:
+        if resume:
+            if not self.folder.is_run():
+                raise ConfigError(f"--resume: {self.run_dir} holds no sepico run")
+            return
+        foreign = self.folder.foreign_files()
+        if foreign:
+            raise ConfigError(f"{self.run_dir} holds {', '.join(foreign)}, which are not a sepico run's (no "
+                              f"{MARKER}, no sepico config.json); a run there would write over them: choose "
+                              "another train.run_dir")
+        found = run_files(self.run_dir)
+        if found and not overwrite:
+            names = ", ".join(sorted(p.name for p in found))
             raise ConfigError(f"{self.run_dir} already holds a run ({names}); use --resume {self.run_dir} "
                               "to continue it, --overwrite to replace it, or another train.run_dir")
-        print(f"--overwrite: removing {names} from {self.run_dir}", file=sys.stderr, flush=True)
+
+    def _remove_previous_run(self) -> None:
+        """--overwrite: the earlier run's files (the run layout's names only), named."""
+        found = run_files(self.run_dir)
+        if found:
+            names = ", ".join(sorted(p.name for p in found))
+            print(f"--overwrite: removing {names} from {self.run_dir}", file=sys.stderr, flush=True)
         for p in found:
             p.unlink()
+
+    def close(self, *, started: bool = True) -> None:
+        """Release the run folder (``started`` false: the run never began; a marker this claim
+        created in a folder holding no run goes with it)."""
+        if self.rank == 0:
+            self.folder.release(remove_marker=not started and not run_files(self.run_dir))
 
     # ------------------------------------------------------------------ one iteration
 
@@ -461,7 +497,12 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_save(state, path)
-            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints, newest=path, unreadable=self._unreadable)
+            self._unreadable = [bad for bad in self._unreadable if bad != path]  # replaced by a good one
+            for bad in self._unreadable[len(self._named):]:  # each named once; they stay as they were found
+                print(f"warning: leaving {bad}, which does not load; it is not counted among the "
+                      f"{self.cfg.train.keep_checkpoints} kept checkpoints", file=sys.stderr, flush=True)
+            self._named = list(self._unreadable)
         if self.world > 1:
             dist.barrier()
         return path
@@ -469,27 +510,33 @@ class Trainer:
     def load_checkpoint(self, path: Path, state: dict | None = None) -> None:
         """Restore a checkpoint (``state``: its contents, when already read)."""
         state = read_checkpoint(path, self.device) if state is None else state
-        differing = changed_fields(state.get("config", {}), self.cfg.to_dict())
+        stored = state.get("config")
+        differing = changed_fields(stored, self.cfg.to_dict()) if isinstance(stored, dict) else ["config"]
         if differing:
             raise ConfigError(f"--resume: {path} was written with another configuration; differing "
                               f"fields: {', '.join(differing)} (only {', '.join(RESUMABLE_FIELDS)} may change)")
-        self.model.load_state_dict(state["model"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.sepico is not None:
-            self.sepico.load_state_dict(state["estimator"])
         if state.get("world_size", 1) != self.world:
             raise ConfigError(f"--resume: {path} was written by {state.get('world_size', 1)} "
                               f"process(es); resume with the same number (now {self.world})")
-        rng = state["rng"][self.rank]
-        self.gen.set_state(rng["generator"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self._set_rng_numpy(rng["numpy"])
-        random.setstate(rng["python"])
-        self.iteration = int(state["iteration"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.teacher.load_state_dict(state["teacher"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.sepico is not None:
+                self.sepico.load_state_dict(state["estimator"])
+            rng = state["rng"][self.rank]
+            self.gen.set_state(rng["generator"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._set_rng_numpy(rng["numpy"])
+            random.setstate(rng["python"])
+            self.iteration = int(state["iteration"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            detail = f"no {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:200]
+            raise CheckpointError(f"--resume: {path} is not a complete checkpoint of this run ({detail}); "
+                                  "it is left as it is") from None
 
     # ------------------------------------------------------------------ the run
 
@@ -513,7 +560,7 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
             keep = []
-            lines = path.read_text().splitlines()
+            lines = path.read_text(errors="replace").splitlines()
             for k, line in enumerate(lines):
                 if not line:
                     continue
@@ -525,25 +572,54 @@ class Trainer:
                     print(f"warning: {path}: dropping a partial last line (a write that was cut short)",
                           file=sys.stderr, flush=True)
                     continue
+                if not isinstance(record, dict) or not isinstance(record.get("iteration", 0), int):
+                    raise ConfigError(f"{path}: line {k + 1} is not a metrics record (an object with an integer "
+                                      "iteration); the run's metrics are damaged")
                 if record.get("iteration", 0) <= self.iteration:
                     keep.append(line)
-            tmp = path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            tmp.replace(path)
-        return open(path, "a")
+            atomic_write(path, "".join(line + "\n" for line in keep))
+        return open_append(path)
+
+    def _finished_result(self) -> dict | None:
+        """The stored result of a resumed run that had already reached max_iters and been evaluated."""
+        path = self.run_dir / "eval.json"
+        if self.iteration < self.cfg.train.max_iters or not path.is_file():
+            return None
+        try:
+            result = json.loads(path.read_text())
+        except ValueError:
+            return None  # a result cut short: evaluate again
+        return result if isinstance(result, dict) and "miou" in result else None
 
     def train(self) -> dict:
-        """Run to max_iters; checkpoint every K iterations, at the end and on SIGINT / SIGTERM."""
+        """Run to max_iters; checkpoint every K iterations, at the end and on SIGINT / SIGTERM. A
+        resumed run that had finished returns its stored result (nothing is run or written)."""
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> dict:
         cfg = self.cfg
+        finished = self._finished_result()
+        if finished is not None:
+            if self.rank == 0:
+                print(f"{self.run_dir} finished at iteration {self.iteration} of {cfg.train.max_iters} (mIoU "
+                      f"{finished['miou']:.2f}); raise train.max_iters to train on", file=sys.stderr, flush=True)
+            return finished
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+            atomic_write(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str))
+            print(f"sepico train: run folder {self.run_dir} (config.json, metrics.jsonl, train.log, checkpoints), "
+                  f"iteration {self.iteration} of {cfg.train.max_iters} on {self.device}", file=sys.stderr, flush=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(cfg.train.max_iters, self.iteration, self.progress)
+        say = bar.write if self.progress else (lambda text: print(text, file=sys.stderr, flush=True))
+        if self.rank != 0:
+            say = lambda text: None  # noqa: E731 - rank 0 speaks for the run
         result = {}
         try:
-            log_path = self.run_dir / "train.log" if self.rank == 0 else os.devnull
-            with self._metrics_file() as metrics, open(log_path, "a") as logf:
+            logf = open_append(self.run_dir / "train.log") if self.rank == 0 else open(os.devnull, "a")
+            with self._metrics_file() as metrics, logf:
                 logf.write(f"start at iteration {self.iteration} on {self.device}\n")
                 start, first = time.perf_counter(), self.iteration
                 while self.iteration < cfg.train.max_iters:
@@ -554,23 +630,32 @@ class Trainer:
                         logf.write(f"{err}; checkpoint {path.name}\n")
                         raise NonFiniteLoss(f"{err}; checkpoint {path}") from None
                     except DatasetError as err:  # a damaged image or label: keep the work done so far
-                        path = self.save_checkpoint()
                         cause = [line for line in str(err).strip().splitlines() if line.strip()][-1]
+                        path = checkpoint_path(self.run_dir, self.iteration)
+                        if self.iteration == 0:  # nothing trained: nothing to keep
+                            logf.write(f"stopped at iteration 0: {cause}\n")
+                            raise ConfigError(f"{cause} (stopped before the first iteration, no checkpoint "
+                                              "written; fix or remove the file, then train again)") from None
+                        if not path.exists():  # else the checkpoint of this iteration is there already
+                            path = self.save_checkpoint()
                         logf.write(f"stopped at iteration {self.iteration}: {cause}; checkpoint {path.name}\n")
                         raise ConfigError(f"{cause} (stopped at iteration {self.iteration}; checkpoint {path}; "
                                           "fix or remove the file, then --resume)") from None
-                    speed = (self.iteration - first) / max(time.perf_counter() - start, 1e-9)
+                    elapsed = max(time.perf_counter() - start, 1e-9)
+                    speed = (self.iteration - first) / elapsed
                     bar.update(1)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()} | {"mem": _memory(self.device)},
-                                    refresh=False)
+                    memory = _memory(self.device)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()} | {"mem": memory}, refresh=False)
                     if self.iteration % cfg.train.log_interval == 0 or self.iteration == cfg.train.max_iters:
                         record = {"iteration": self.iteration, "it_per_s": speed, **log}
                         metrics.write(json.dumps(record) + "\n")
                         metrics.flush()
                         logf.write(json.dumps(record) + "\n")
                         logf.flush()
+                        say(_log_line(self.iteration, cfg.train.max_iters, log, 1.0 / max(speed, 1e-9), memory))
                     if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0 and self.rank == 0:
                         ev = self.evaluate()
+                        say(f"evaluation at iteration {self.iteration}:\n{format_table(ev)}")
                         metrics.write(json.dumps({"iteration": self.iteration, "miou": ev["miou"]}) + "\n")
                         self._plot_curves(metrics, logf)
                     if self.iteration % cfg.train.checkpoint_interval == 0:
@@ -583,7 +668,8 @@ class Trainer:
                 self.save_checkpoint()
                 if self.rank == 0:
                     result = self.evaluate()
-                    (self.run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+                    say(f"evaluation at iteration {self.iteration} (final):\n{format_table(result)}")
+                    atomic_write(self.run_dir / "eval.json", json.dumps(result, indent=2))
                     logf.write(f"done: mIoU {result['miou']:.2f}\n")
                     every = cfg.train.eval_interval
                     if not (every and self.iteration % every == 0):  # not evaluated at this iteration yet
@@ -631,6 +717,14 @@ def _progress(total, initial, enabled):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def _log_line(iteration: int, total: int, log: dict, seconds_per_iter: float, memory: str) -> str:
+    """One progress line: iteration, losses, lr, time per iteration, memory, time left."""
+    values = "  ".join(f"{k} {v:.4g}" for k, v in log.items())
+    left = int(seconds_per_iter * (total - iteration))
+    eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+    return f"iter {iteration}/{total}  {values}  {seconds_per_iter:.3g} s/it  mem {memory}  eta {eta}"
 
 
 def _memory(device) -> str:
