@@ -41,7 +41,7 @@ from sepico.data.real import DatasetError
 from sepico.data.transforms import normalize
 from sepico.evaluation import evaluate
 from sepico.method import CONTRASTIVE_VARIANTS, SePiCo
-from sepico.models import build_model, load_pretrained_encoder, weight_problems
+from sepico.models import build_model, format_provenance, load_pretrained_encoder, weight_problems
 from sepico.models.heads import resize_to
 from sepico.train import augment
 from sepico.train.checkpoint import (atomic_save, checkpoint_path, list_checkpoints, newest_readable_checkpoint,
@@ -53,7 +53,7 @@ from sepico.train.distributed import any_rank, average_gradients, broadcast_from
 # What a resumed run may change: nothing that the iterations already computed depend on.
 RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
                     "train.keep_checkpoints", "train.device", "train.run_dir", "data.num_workers")
-RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "train.log", "curves.png")
+RUN_FILES = ("config.json", "pretrained.json", "metrics.jsonl", "eval.json", "train.log", "curves.png")
 
 
 def run_files(run_dir: Path) -> list[Path]:
@@ -150,8 +150,9 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 1 + 7919 * self.rank)
         self.data = build_datasets(cfg, self.run_dir)  # the rare-class cache sits beside the run
         self.model = build_run_model(cfg.model).to(self.device)
+        self.pretrained = None  # where the ImageNet weights came from (written to pretrained.json)
         if cfg.model.pretrained:
-            load_pretrained_encoder(self.model, cfg.model.pretrained)
+            self.pretrained = self._load_pretrained(cfg.model.pretrained)
         elif cfg.model.init_checkpoint:
             self._load_init_checkpoint(cfg.model.init_checkpoint)
         elif self.rank == 0 and "synthetic" not in (cfg.data.source, cfg.data.target):
@@ -197,6 +198,17 @@ class Trainer:
                                   start=self.iteration, num_workers=cfg.data.num_workers)
         self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7 + shard,
                                   start=self.iteration, num_workers=cfg.data.num_workers)
+
+    def _load_pretrained(self, source) -> dict:
+        """The ImageNet encoder weights of ``model.pretrained``; returns their provenance (source,
+        revision, file, layout, SHA-256), printed here in one line."""
+        try:
+            loaded = load_pretrained_encoder(self.model, source)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"config field 'model.pretrained': {err}") from None
+        if self.rank == 0:
+            print(f"model.pretrained: {format_provenance(loaded.provenance)}", file=sys.stderr, flush=True)
+        return loaded.provenance
 
     def _load_init_checkpoint(self, path) -> None:
         """Start every weight of the model from a sepico weight file (``sepico convert`` output, or
@@ -541,6 +553,8 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+            if self.pretrained and self.iteration == 0:  # the weights this run started from; a resume keeps them
+                (self.run_dir / "pretrained.json").write_text(json.dumps(self.pretrained, indent=2))
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(cfg.train.max_iters, self.iteration, self.progress)
         result = {}
