@@ -190,6 +190,17 @@ def _ablate(args) -> int:
 
 
 def _info(args) -> int:
+    """Versions, device and kernel backend; with --weights, what an ImageNet weights source holds instead."""
+    if args.weights:
+        from sepico.models import inspect_weights
+
+        try:
+            report = inspect_weights(args.weights)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
+        for key, value in report.items():
+            print(f"{key:<26} {value}")
+        return 0
     import torch
     import triton
 
@@ -291,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the published Cityscapes evaluation)")
     g = sub.add_parser("plot", help="draw a run's curves (metrics.jsonl) to RUN_DIR/curves.png")
     g.add_argument("run_dir")
-    sub.add_parser("info", help="versions, device and the active kernel backend")
+    i = sub.add_parser("info", help="versions, device and the active kernel backend")
+    i.add_argument("--weights", metavar="FILE_OR_HUB_ID", help="instead: the layout, the models it fits, the tensor "
+                   "count and the SHA-256 of ImageNet weights (a file, a folder from `hf download`, or "
+                   "hf:owner/name as model.pretrained takes them)")
     a = sub.add_parser("ablate", help="ablation on the synthetic benchmark (sepico.ablation)")
     from sepico.ablation import add_arguments
 
