@@ -15,10 +15,11 @@ setup(
     packages=find_packages(include=["kernels", "kernels.*", "sepico", "sepico.*"]),
     package_data={"sepico": ["configs/*.toml"]},  # the published and demo configs (configs/ links here)
     install_requires=["torch>=2.4", "triton>=3.2", "numpy", "tqdm", "matplotlib", "Pillow",
-                      "opencv-python-headless"],
+                      "opencv-python-headless", "safetensors"],
     entry_points={"console_scripts": ["sepico=sepico.cli:main"]},
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "huggingface_hub>=0.23"],
+        "hub": ["huggingface_hub>=0.23"],  # model.pretrained = "hf:owner/name": weights from the Hugging Face hub
         "gpu": ["nvidia-ml-py"],
         "bench": ["pytest", "pytest-benchmark", "matplotlib", "nvidia-ml-py"],
     },

@@ -237,6 +237,17 @@ def _ablate(args) -> int:
 
 
 def _info(args) -> int:
+    """Versions, device and kernel backend; with --weights, what an ImageNet weights source holds instead."""
+    if args.weights:
+        from sepico.models import inspect_weights
+
+        try:
+            report = inspect_weights(args.weights)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
+        for key, value in report.items():
+            print(f"{key:<26} {value}")
+        return 0
     import torch
     import triton
 
@@ -360,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing dst (never the source itself)")
     g = sub.add_parser("plot", help="draw a run's curves (metrics.jsonl) to RUN_DIR/curves.png")
     g.add_argument("run_dir", help="a run folder (holding metrics.jsonl)")
-    sub.add_parser("info", help="sepico's version, the versions beneath it, the device and the kernel backend")
+    i = sub.add_parser("info", help="sepico's version, the versions beneath it, the device and the kernel backend")
+    i.add_argument("--weights", metavar="FILE_OR_HUB_ID", help="instead: the layout, the models it fits, the tensor "
+                   "count and the SHA-256 of ImageNet weights (a file, a folder from `hf download`, or "
+                   "hf:owner/name as model.pretrained takes them)")
     a = sub.add_parser("ablate", help="ablation on the synthetic benchmark (sepico.ablation)")
     from sepico.ablation import add_arguments
 

@@ -343,9 +343,10 @@ def test_load_errors_name_the_keys(tmp_path):
     with pytest.raises(ValueError, match=r"1 unexpected key\(s\): block1\.0\.attn\.qkv\.weight"):
         load_pretrained_encoder(model, _save(tmp_path, unexpected, "unexpected.pth"))
 
-    prefixed = {f"backbone.{k}": v for k, v in good.items()}  # an mmseg-style file
-    with pytest.raises(ValueError, match=r"176 missing key\(s\): patch_embed1\.proj\.weight, .*"
-                                         r"\(171 more\); 176 unexpected key\(s\): backbone\."):
+    prefixed = {f"backbone.{k}": v for k, v in good.items()}  # an mmseg-style file: in no layout
+    with pytest.raises(ValueError, match=r"in no known weights layout; closest: the SegFormer release layout .*"
+                                         r"first keys that do not fit: backbone\.patch_embed1\.proj\.weight, .*"
+                                         r"\(171 more\)"):
         load_pretrained_encoder(model, _save(tmp_path, prefixed, "prefixed.pth"))
 
     wrong = dict(good, **{"norm4.weight": torch.ones(512)})  # an MiT-B1..B5 stage-4 norm

@@ -14,7 +14,8 @@ Module and parameter names are those of the ImageNet checkpoints the SegFormer a
 (``mit_b0.pth`` ... ``mit_b5.pth``, used by DAFormer and SePiCo): ``patch_embed1.proj.weight``,
 ``block1.0.attn.kv.weight``, ``block1.0.mlp.dwconv.dwconv.weight``, ``norm1.weight`` and so on.
 Those checkpoints also hold the ImageNet classifier ``head.weight`` / ``head.bias``, which this
-encoder does not have (``CLASSIFIER_PREFIXES``). LayerNorm epsilons are the published ones: 1e-6
+encoder does not have (``sepico.models.pretrained`` drops it, and reads the other published layouts
+of the same weights). LayerNorm epsilons are the published ones: 1e-6
 in the blocks and after each stage, PyTorch's default 1e-5 in the patch embeddings and after the
 spatial reduction.
 """
@@ -139,8 +140,6 @@ class MixVisionTransformer(nn.Module):
     (0.1 in SegFormer, DAFormer and SePiCo). With ``activation_checkpointing`` each transformer
     block is recomputed in the backward instead of keeping its activations.
     """
-
-    CLASSIFIER_PREFIXES = ("head.",)
 
     def __init__(self, embed_dims: Sequence[int], depths: Sequence[int], *,
                  num_heads: Sequence[int] = NUM_HEADS, sr_ratios: Sequence[int] = SR_RATIOS,

@@ -8,7 +8,7 @@ Module and parameter names are mmseg's (``stem.0.weight``, ``stem.1.running_mean
 ``stem.7.weight``, ``layer1.0.conv1.weight``, ``layer1.0.bn1.weight``,
 ``layer2.0.downsample.0.weight``), so mmseg's ``resnet101_v1c`` ImageNet file and the backbone of a
 released DeepLab-V2 SePiCo checkpoint (``backbone.*``) load into it; an ImageNet classifier
-``fc.*``, where a file has one, is not part of the encoder (``CLASSIFIER_PREFIXES``).
+``fc.*``, where a file has one, is not part of the encoder (``sepico.models.pretrained`` drops it).
 
 Dilation replaces the stride of the last stages: with output stride 8, layer3 runs at stride 1 with
 dilation 2 and layer4 at stride 1 with dilation 4 (the published ``strides=(1, 2, 1, 1)``,
@@ -89,8 +89,6 @@ class ResNet(nn.Module):
     With ``activation_checkpointing`` each residual block is recomputed in the backward; the
     recomputation does not update BatchNorm running statistics a second time.
     """
-
-    CLASSIFIER_PREFIXES = ("fc.",)
 
     def __init__(self, depth: int = 101, *, output_stride: int = 8, in_chans: int = 3,
                  activation_checkpointing: bool = False):

@@ -33,7 +33,7 @@ from sepico.files import atomic_write, remove_temporaries
 
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
 MARKER = ".sepico-run"
-RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "train.log", "curves.png")
+RUN_FILES = ("config.json", "pretrained.json", "metrics.jsonl", "eval.json", "train.log", "curves.png")
 # What weights-only loading may rebuild beyond tensors and containers: numpy scalars and their
 # dtypes (mmcv's runner stores some in a checkpoint's meta), under numpy 1's and numpy 2's names.
 _NUMPY_SCALARS = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np._core.multiarray.scalar,

@@ -62,7 +62,7 @@ class ModelConfig:
     num_classes: int = 19
     proj_dim: int = 256              # projection head output (published runs: 512)
     head_channels: int = 256         # DAFormer decode-head width (smaller for quick runs)
-    pretrained: str = ""             # local file with ImageNet encoder weights ("" = random init)
+    pretrained: str = ""             # ImageNet encoder weights: a file, a hub folder or "hf:nvidia/mit-b5" ("" = random init)
     init_checkpoint: str = ""        # sepico weight file (converted or trained) the whole model starts from
     activation_checkpointing: bool = False
     encoder_norm: str = "batch"      # convnet_small only: batch | group (GroupNorm, 8 groups)
@@ -344,8 +344,15 @@ def validate(cfg: Config) -> None:
         if cfg.model.num_classes <= max(SYNTHETIC_CLASSES):
             raise ConfigError(f"config field 'model.num_classes' must be > {max(SYNTHETIC_CLASSES)} for the "
                               f"synthetic scenes (their labels are Cityscapes train ids), got {cfg.model.num_classes}")
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
-        raise ConfigError(f"config field 'model.pretrained': no file at {cfg.model.pretrained}")
+    if cfg.model.pretrained:
+        from sepico.models.pretrained import check_source
+
+        if cfg.model.name == "convnet_small":
+            raise ConfigError("config field 'model.pretrained': convnet_small has no ImageNet weights to start from")
+        try:
+            check_source(cfg.model.pretrained)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"config field 'model.pretrained': {err}") from None
     if cfg.model.init_checkpoint and not Path(cfg.model.init_checkpoint).is_file():
         raise ConfigError(f"config field 'model.init_checkpoint': no file at {cfg.model.init_checkpoint}")
     if cfg.model.pretrained and cfg.model.init_checkpoint:

@@ -41,7 +41,7 @@ from sepico.data.real import DatasetError
 from sepico.data.transforms import normalize
 from sepico.evaluation import evaluate, format_table
 from sepico.method import CONTRASTIVE_VARIANTS, SePiCo
-from sepico.models import build_model, load_pretrained_encoder, weight_problems
+from sepico.models import build_model, format_provenance, load_pretrained_encoder, weight_problems
 from sepico.models.heads import resize_to
 from sepico.train import augment
 from sepico.train.checkpoint import (MARKER, CheckpointError, RunFolder, atomic_save, checkpoint_path, newest_readable_checkpoint,
@@ -174,8 +174,9 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 1 + 7919 * self.rank)
         self.data = build_datasets(cfg, self.run_dir)  # the rare-class cache sits beside the run
         self.model = build_run_model(cfg.model).to(self.device)
+        self.pretrained = None  # where the ImageNet weights came from (written to pretrained.json)
         if cfg.model.pretrained:
-            load_pretrained_encoder(self.model, cfg.model.pretrained)
+            self.pretrained = self._load_pretrained(cfg.model.pretrained)
         elif cfg.model.init_checkpoint:
             self._load_init_checkpoint(cfg.model.init_checkpoint)
         elif self.rank == 0 and "synthetic" not in (cfg.data.source, cfg.data.target):
@@ -208,6 +209,17 @@ class Trainer:
         self.class_prior = class_prior_weights(m.class_prior).to(self.device) if m.class_prior else None
         self.iteration = 0
         self._stop_signal = None
+
+    def _load_pretrained(self, source) -> dict:
+        """The ImageNet encoder weights of ``model.pretrained``; returns their provenance (source,
+        revision, file, layout, SHA-256), printed here in one line."""
+        try:
+            loaded = load_pretrained_encoder(self.model, source)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"config field 'model.pretrained': {err}") from None
+        if self.rank == 0:
+            print(f"model.pretrained: {format_provenance(loaded.provenance)}", file=sys.stderr, flush=True)
+        return loaded.provenance
 
     def _load_init_checkpoint(self, path) -> None:
         """Start every weight of the model from a sepico weight file (``sepico convert`` output, or
@@ -609,6 +621,8 @@ class Trainer:
             return finished
         if self.rank == 0:
             atomic_write(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str))
+            if self.pretrained and self.iteration == 0:  # the weights this run started from; a resume keeps them
+                atomic_write(self.run_dir / "pretrained.json", json.dumps(self.pretrained, indent=2))
             print(f"sepico train: run folder {self.run_dir} (config.json, metrics.jsonl, train.log, checkpoints), "
                   f"iteration {self.iteration} of {cfg.train.max_iters} on {self.device}", file=sys.stderr, flush=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
