@@ -64,7 +64,11 @@ def pages(args, calls=12) -> None:
               f"{[round(1e3 * w) for w in walls]} ms; kernel time {[round(1e3 * k) for k in kernel]} ms")
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m bench.profile_loss", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     torch.set_num_threads(1)
     feats, labels, mean, cov = inputs()
     args = (feats, labels, mean, cov, None, IGNORE, True)

@@ -133,7 +133,8 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
     cfg.train.keep_checkpoints = 1
     if result_file.exists():
         result = _read_result(result_file)
-        differing = changed_fields(result["config"], cfg.to_dict()) if isinstance(result.get("config"), dict) else ["config"]
+        stored = result.get("config")
+        differing = changed_fields(stored, cfg.to_dict(), ignore=()) if isinstance(stored, dict) else ["config"]
         if differing:
             raise ConfigError(f"{result_file} was trained with other settings ({', '.join(differing[:5])}); "
                               "give another --out for these settings (or remove that run's folder)")

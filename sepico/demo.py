@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sepico.files import atomic_write
 from sepico.pages import write_block
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_demo.toml"  # package data
@@ -268,7 +268,7 @@ def plot_results(summary: dict, curves: dict, path: Path) -> None:
     axes[2].set_title("Target test mIoU during training")
     axes[2].set_ylabel("mIoU (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -324,7 +324,7 @@ def plot_examples(models: dict, cfg, count: int, path: Path, device) -> None:
             if r == 0:
                 ax.set_title(titles[c])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -368,14 +368,14 @@ def main(argv=None) -> dict:
     plot_results(summary, curves, out / "results.png")
     plot_examples(first_models, cfg, args.examples, out / "examples.png", device)
     summary["wall_time_s"] = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     print_table(summary)
     print(f"wrote {out / 'summary.json'}, {out / 'results.png'}, {out / 'examples.png'}")
     if args.docs:
         folder = Path(args.docs).parent / "demo"
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("summary.json", "results.png", "examples.png"):
-            shutil.copyfile(out / name, folder / name)
+            atomic_write(folder / name, (out / name).read_bytes())
         write_block(args.docs, "demo-result", markdown_table(summary))
         print(f"wrote the 'demo-result' block of {args.docs} and {folder}/")
     return summary

@@ -18,8 +18,12 @@ class NonFiniteLoss(ConfigError):
     """A training loss was NaN or infinite (train.on_nonfinite = "stop")."""
 
 
+class DatasetError(SepicoError, ValueError):
+    """A dataset folder or file that does not have the expected layout or content."""
+
+
 class OutputError(SepicoError):
     """A file a command will not write: an input, a checkpoint, a link, a folder or someone else's file."""
 
 
-__all__ = ["ConfigError", "NonFiniteLoss", "OutputError", "SepicoError"]
+__all__ = ["ConfigError", "DatasetError", "NonFiniteLoss", "OutputError", "SepicoError"]

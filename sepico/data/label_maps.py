@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from sepico.data.cityscapes import CLASS_NAMES, IGNORE_INDEX
+from sepico.errors import DatasetError
 
 # name -> (Cityscapes label id, train id); the 19 evaluated classes in train-id order.
 _CITYSCAPES_EVALUATED = {
@@ -89,7 +90,7 @@ def to_train_ids(ids: np.ndarray, table: np.ndarray, *, where: str, strict: bool
         if strict:
             bad = np.unique(ids[unknown])
             known = np.flatnonzero(table >= 0)
-            raise ValueError(f"{where}: unknown label id(s) {bad[:8].tolist()} (this dataset's "
+            raise DatasetError(f"{where}: unknown label id(s) {bad[:8].tolist()} (this dataset's "
                              f"ids are {known.min()}..{known.max()}; set data.strict_labels=false "
                              "to treat unknown ids as ignore)")
         mapped = np.where(unknown, IGNORE_INDEX, mapped)

@@ -36,15 +36,11 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from sepico.data.cityscapes import IGNORE_INDEX
-from sepico.errors import SepicoError
+from sepico.errors import DatasetError
 from sepico.data.label_maps import (CITYSCAPES_ID_TO_TRAIN_ID, GTA5_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID,
                                     TRAIN_ID_IDENTITY, lookup_table, to_train_ids)
 
 REAL_DATASETS = ("gta5", "synthia", "cityscapes", "dark_zurich", "nighttime_driving", "bdd100k_night")
-
-
-class DatasetError(SepicoError, ValueError):
-    """A dataset folder or file that does not have the expected layout or content."""
 
 
 @dataclass(frozen=True)

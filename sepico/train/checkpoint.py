@@ -172,8 +172,10 @@ class RunFolder:
         self._created_marker = self._created_folder = False
 
     def is_run(self) -> bool:
-        """The folder holds a sepico run: its marker, or a config.json that parses as a run's."""
-        return (self.path / MARKER).is_file() or is_run_config(self.path / "config.json")
+        """The folder holds a sepico run: the marker of an earlier run (not just this claim's), or a
+        config.json that parses as a run's."""
+        earlier = (self.path / MARKER).is_file() and not self._created_marker
+        return earlier or is_run_config(self.path / "config.json")
 
     def foreign_files(self) -> list[str]:
         """Files with the names of the run layout that are not a sepico run's (in a folder that is

@@ -55,15 +55,16 @@ from sepico.train.distributed import any_rank, average_gradients, broadcast_from
 # What a resumed run may change: nothing that the iterations already computed depend on.
 RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
                     "train.keep_checkpoints", "train.device", "train.run_dir", "data.num_workers")
-def changed_fields(stored: dict, current: dict) -> list[str]:
-    """``section.field`` names whose values differ between two config dicts, resumable ones aside."""
+def changed_fields(stored: dict, current: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
+    """``section.field`` names whose values differ between two config dicts, those in ``ignore``
+    (by default what a resumed run may change) aside."""
     out = []
     for key in sorted(set(stored) | set(current)):
         a, b = stored.get(key), current.get(key)
         if isinstance(a, dict) or isinstance(b, dict):
             out += [f"{key}.{k}" for k in sorted(set(a or {}) | set(b or {}))
-                    if _plain((a or {}).get(k)) != _plain((b or {}).get(k)) and f"{key}.{k}" not in RESUMABLE_FIELDS]
-        elif _plain(a) != _plain(b) and key not in RESUMABLE_FIELDS:
+                    if _plain((a or {}).get(k)) != _plain((b or {}).get(k)) and f"{key}.{k}" not in ignore]
+        elif _plain(a) != _plain(b) and key not in ignore:
             out.append(key)
     return out
 
@@ -269,10 +270,10 @@ class Trainer:
             p.unlink()
 
     def close(self, *, started: bool = True) -> None:
-        """Release the run folder (``started`` false: the run never began; a marker this claim
-        created in a folder holding no run goes with it)."""
+        """Release the run folder (``started`` false: the run never began, so the marker this claim
+        created goes with it: a refused folder is not made a run)."""
         if self.rank == 0:
-            self.folder.release(remove_marker=not started and not run_files(self.run_dir))
+            self.folder.release(remove_marker=not started)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -619,6 +620,7 @@ class Trainer:
                 print(f"{self.run_dir} finished at iteration {self.iteration} of {cfg.train.max_iters} (mIoU "
                       f"{finished['miou']:.2f}); raise train.max_iters to train on", file=sys.stderr, flush=True)
             return finished
+        metrics = self._metrics_file()  # checked (and cut back to the checkpoint) before anything is written
         if self.rank == 0:
             atomic_write(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str))
             if self.pretrained and self.iteration == 0:  # the weights this run started from; a resume keeps them
@@ -633,9 +635,10 @@ class Trainer:
         result = {}
         try:
             logf = open_append(self.run_dir / "train.log") if self.rank == 0 else open(os.devnull, "a")
-            with self._metrics_file() as metrics, logf:
+            with metrics, logf:
                 logf.write(f"start at iteration {self.iteration} on {self.device}\n")
                 start, first = time.perf_counter(), self.iteration
+                evaluated = (None, None)  # (iteration, result) of the last evaluation
                 while self.iteration < cfg.train.max_iters:
                     try:
                         log = self.step()
@@ -669,6 +672,7 @@ class Trainer:
                         say(_log_line(self.iteration, cfg.train.max_iters, log, 1.0 / max(speed, 1e-9), memory))
                     if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0 and self.rank == 0:
                         ev = self.evaluate()
+                        evaluated = (self.iteration, ev)
                         say(f"evaluation at iteration {self.iteration}:\n{format_table(ev)}")
                         metrics.write(json.dumps({"iteration": self.iteration, "miou": ev["miou"]}) + "\n")
                         self._plot_curves(metrics, logf)
@@ -681,13 +685,14 @@ class Trainer:
                                                 f"{self.iteration}; checkpoint {path}")
                 self.save_checkpoint()
                 if self.rank == 0:
-                    result = self.evaluate()
-                    say(f"evaluation at iteration {self.iteration} (final):\n{format_table(result)}")
+                    if evaluated[0] == self.iteration:  # evaluated at this iteration already
+                        result = evaluated[1]
+                    else:
+                        result = self.evaluate()
+                        say(f"evaluation at iteration {self.iteration} (final):\n{format_table(result)}")
+                        metrics.write(json.dumps({"iteration": self.iteration, "miou": result["miou"]}) + "\n")
                     atomic_write(self.run_dir / "eval.json", json.dumps(result, indent=2))
                     logf.write(f"done: mIoU {result['miou']:.2f}\n")
-                    every = cfg.train.eval_interval
-                    if not (every and self.iteration % every == 0):  # not evaluated at this iteration yet
-                        metrics.write(json.dumps({"iteration": self.iteration, "miou": result["miou"]}) + "\n")
                     self._plot_curves(metrics, logf)
                 if self.world > 1:
                     dist.barrier()
