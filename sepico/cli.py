@@ -226,7 +226,7 @@ def _convert(args) -> int:
 def _plot(args) -> int:
     from sepico.plot import plot_run
 
-    print(plot_run(args.run_dir))
+    print(plot_run(args.run_dir, force=args.force))
     return 0
 
 
@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing dst (never the source itself)")
     g = sub.add_parser("plot", help="draw a run's curves (metrics.jsonl) to RUN_DIR/curves.png")
     g.add_argument("run_dir", help="a run folder (holding metrics.jsonl)")
+    g.add_argument("--force", action="store_true", help="replace a curves.png that is not an earlier plot")
     i = sub.add_parser("info", help="sepico's version, the versions beneath it, the device and the kernel backend")
     i.add_argument("--weights", metavar="FILE_OR_HUB_ID", help="instead: the layout, the models it fits, the tensor "
                    "count and the SHA-256 of ImageNet weights (a file, a folder from `hf download`, or "

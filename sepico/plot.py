@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sepico.errors import ConfigError
-from sepico.files import atomic_write
+from sepico.files import atomic_write, check_output
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -84,16 +84,33 @@ def curves_figure(records: list[dict]) -> Figure:
     return fig
 
 
-def plot_run(run_dir) -> Path:
-    """Draw ``run_dir/metrics.jsonl`` to ``run_dir/curves.png`` (replaced atomically); returns its path."""
+SOFTWARE = "sepico plot"  # the PNG text that marks curves.png as an earlier plot
+
+
+def plot_run(run_dir, *, force: bool = False) -> Path:
+    """Draw ``run_dir/metrics.jsonl`` to ``run_dir/curves.png`` (replaced atomically); returns its
+    path. A curves.png that is not an earlier plot is replaced only with ``force`` (the trainer's
+    own run folder)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder")
     fig = curves_figure(read_metrics(run_dir / "metrics.jsonl"))
     fig.suptitle(run_dir.resolve().name, fontsize=11)
     path = run_dir / "curves.png"
-    atomic_write(path, fig.canvas.print_png)  # readers never see a half-written curves.png
+    check_output(path, what="sepico plot", ours=_is_our_plot, force=force)
+    # readers never see a half-written curves.png
+    atomic_write(path, lambda f: fig.canvas.print_png(f, metadata={"Software": SOFTWARE}))
     return path
+
+
+def _is_our_plot(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.text.get("Software") == SOFTWARE
+    except Exception:  # noqa: BLE001 - whatever the file is, it is not a plot of ours
+        return False
 
 
 __all__ = ["curves_figure", "plot_run", "read_metrics"]

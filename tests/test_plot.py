@@ -80,7 +80,7 @@ def test_a_failed_write_leaves_the_old_png_and_no_temporary(tmp_path, monkeypatc
     run = _write(tmp_path / "run", _records())
     before = plot_run(run).read_bytes()
     monkeypatch.setattr("matplotlib.backends.backend_agg.FigureCanvasAgg.print_png",
-                        lambda self, f: (f.write(b"\x89PNG half"), 1 / 0))
+                        lambda self, f, **kw: (f.write(b"\x89PNG half"), 1 / 0))
     with pytest.raises(ZeroDivisionError):
         plot_run(run)
     assert (run / "curves.png").read_bytes() == before
@@ -129,7 +129,7 @@ def test_a_training_run_draws_its_curves(tmp_path, monkeypatch, capsys):
     cfg = tiny_config("dist", "convnet_small")
     cfg.data.size, cfg.train.max_iters, cfg.train.eval_interval = [32, 64], 4, 2
     drawn = []
-    monkeypatch.setattr("sepico.plot.plot_run", lambda run_dir, real=plot_run: drawn.append(real(run_dir)))
+    monkeypatch.setattr("sepico.plot.plot_run", lambda run_dir, real=plot_run, **kw: drawn.append(real(run_dir, **kw)))
     Trainer(cfg, tmp_path, progress=False).train()
     assert drawn == [tmp_path / "curves.png"] * 3  # after the evaluations at 2 and 4, and the final one
     with Image.open(tmp_path / "curves.png") as image:
@@ -140,7 +140,7 @@ def test_a_training_run_draws_its_curves(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.glob(".*.tmp"))
     # A plot that fails is one warning line, in stderr and train.log; the run finishes.
     # An interval that does not divide max_iters: the final evaluation is a point of its own.
-    monkeypatch.setattr("sepico.plot.plot_run", lambda run_dir: 1 / 0)
+    monkeypatch.setattr("sepico.plot.plot_run", lambda run_dir, **kw: 1 / 0)
     capsys.readouterr()
     cfg.train.eval_interval = 3
     result = Trainer(cfg, tmp_path / "again", progress=False).train()

@@ -69,13 +69,14 @@ def cli(*args) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def refused(code, err, *words):
-    """Exit status 2 and one error line, the last one, holding ``words``; no traceback (lines before
-    it can only be the run's own notes, e.g. where it goes)."""
+def refused(code, err, *words, notes=False):
+    """Exit status 2 and one line, the error, holding ``words``; with ``notes`` the run's own notes
+    (where it goes, a warning) may come before the error line, which is the last."""
     assert code == 2, err
     assert "Traceback" not in err, err
-    errors = [line for line in err.strip().splitlines() if line.startswith("sepico: error: ")]
-    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("sepico: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and (notes or len(lines) == 1), err
     for word in words:
         assert word in errors[0], errors[0]
     return errors[0]
@@ -610,7 +611,7 @@ def train_unknown_label_id(tmp, weights):
     config = tmp / "real.toml"
     config.write_text(_toml(cfg.to_dict()))
     code, _, err = cli("train", config, "--no-progress", "--set", "data.source_size=0,0")
-    refused(code, err, "00000.png", "no checkpoint written")
+    refused(code, err, "00000.png", "no checkpoint written", notes=True)
     assert not list((tmp / "run").glob("ckpt_*.pt"))
 
 
@@ -621,7 +622,8 @@ def train_resume_damaged_run_files(tmp, weights):
     metrics = run / "metrics.jsonl"
     metrics.write_text("[1, 2]\n" + metrics.read_text())
     before = snapshot(run)
-    refused(*cli("train", "--resume", run, "--no-progress", "--set", "train.max_iters=3")[::2], "metrics.jsonl")
+    refused(*cli("train", "--resume", run, "--no-progress", "--set", "train.max_iters=3")[::2], "metrics.jsonl",
+            notes=True)
     assert snapshot(run) == before
     for text in ("{not json", '["a list"]', '{"data": 3}'):
         (run / "config.json").write_text(text)
@@ -657,7 +659,7 @@ def train_class_stats_cache(tmp, weights):
     config = tmp / "real.toml"
     config.write_text(_toml(cfg.to_dict()))
     refused(*cli("train", config, "--no-progress", "--set", f"data.class_stats={theirs}")[::2],
-            "not a sepico class-statistics cache")
+            "not a sepico class-statistics cache", notes=True)
     assert theirs.read_text() == '{"their": "data"}'
     ours = tmp / "ours.json"
     ours.write_text('{"format": "sepico-class-stats-1", "num_cl')  # cut short
@@ -706,6 +708,17 @@ def train_prints_on_rank_zero(tmp, weights):
     finally:
         train.Trainer = real
     assert code == 0 and out == "", (out, err)
+
+
+@case("plot", "a folder with metrics.jsonl and a `curves.png` that is not an earlier plot",
+      "refused unless --force; an earlier plot is redrawn")
+def plot_foreign_curves(tmp, weights):
+    run = trained_run(tmp)  # its curves.png is a plot of ours
+    assert cli("plot", run)[0] == 0
+    (run / "curves.png").write_bytes(b"the user's picture")
+    refused(*cli("plot", run)[::2], "curves.png exists and is not an earlier result", "--force")
+    assert (run / "curves.png").read_bytes() == b"the user's picture"
+    assert cli("plot", run, "--force")[0] == 0
 
 
 # --------------------------------------------------------------------------- ablate

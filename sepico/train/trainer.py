@@ -709,7 +709,7 @@ class Trainer:
         try:
             from sepico.plot import plot_run  # matplotlib is imported only once a run draws
 
-            plot_run(self.run_dir)
+            plot_run(self.run_dir, force=True)  # the run's own folder
         except Exception as err:  # noqa: BLE001 - any failure of the plot, the run goes on
             message = f"warning: curves.png not drawn: {' '.join(str(err).split()) or type(err).__name__}"
             print(message, file=sys.stderr, flush=True)
