@@ -242,12 +242,10 @@ class Trainer:
     def _check_run_dir(self, resume: bool, overwrite: bool) -> None:
         """A fresh run never mixes with an earlier one in the same folder (its metrics, config and
         checkpoints would be cut, overwritten or pruned), and never writes over files of the run
-        layout's names that are not a sepico run's; a resumed run needs a run there."""
+        layout's names that are not a sepico run's."""
         if self.rank != 0:
             return
-        if resume:
-            if not self.folder.is_run():
-                raise ConfigError(f"--resume: {self.run_dir} holds no sepico run")
+        if resume:  # the checkpoints say whether it is a run (newest_readable_checkpoint)
             return
         foreign = self.folder.foreign_files()
         if foreign:
