@@ -105,7 +105,7 @@ def test_each_night_image_gets_its_day_image(trees):
                      "GOPR0354/GOPR0354_frame_000000": "GOPR0228/GOPR0228_frame_000100",
                      "GOPR0354/GOPR0354_frame_000001": "GOPR0228/GOPR0228_frame_000107"}
     folder = SegmentationFolder("dark_zurich", root, "train", labelled=False)
-    days = day_images(root, folder.images)
+    days = day_images("dark_zurich", root, folder.images)
     assert [d.relative_to(root).as_posix() for d in days] == [
         "rgb_anon/train/day/GOPR0227/GOPR0227_frame_000100_rgb_anon.png",
         "rgb_anon/train/day/GOPR0227/GOPR0227_frame_000107_rgb_anon.png",
@@ -116,7 +116,7 @@ def test_each_night_image_gets_its_day_image(trees):
 def test_the_loader_flips_and_crops_night_and_day_together(trees):
     root = trees["dark_zurich"]
     folder = SegmentationFolder("dark_zurich", root, "train", labelled=False)
-    days = day_images(root, folder.images)
+    days = day_images("dark_zurich", root, folder.images)
     view = TrainingView(folder, (18, 32), (12, 20), flip=True, companions=days)
     flips = 0
     for position in range(12):
@@ -158,11 +158,11 @@ def test_correspondence_errors_name_the_file(tmp_path, trees):
     csv_file.write_text(original.splitlines()[0] + "\n")  # frame 1 has no pair now
     folder = SegmentationFolder("dark_zurich", root, "train", labelled=False)
     with pytest.raises(CorrespondenceError, match="GOPR0351_frame_000001_rgb_anon.png has no day image"):
-        day_images(root, folder.images)
+        day_images("dark_zurich", root, folder.images)
     csv_file.write_text(original)
     (root / "rgb_anon/train/day/GOPR0227/GOPR0227_frame_000107_rgb_anon.png").unlink()
     with pytest.raises(CorrespondenceError, match="the day image of .* is missing"):
-        day_images(root, folder.images)
+        day_images("dark_zurich", root, folder.images)
     shutil.rmtree(root / "corresp")
     cfg = night_config(tmp_path, trees["cityscapes"], root)
     with pytest.raises(ConfigError, match="data.target_root.*no correspondence files"):
