@@ -17,14 +17,24 @@ Facts:
   (rain), GOPR0355 (night), GP010475 (fog) (UNIZG-FER-D307/semseg-in-adverse-conditions README, its
   ACDC prediction figures).
 """
+import json
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from sepico.data.night import CorrespondenceError, day_images
 from sepico.data.real import ACDC_CONDITIONS, DatasetError, SegmentationFolder
 from sepico.errors import ConfigError
-from sepico.train.config import apply_overrides, from_dict, validate
+from sepico.evaluation import evaluate, predict_logits
+from sepico.train.config import Config, apply_overrides, from_dict, validate
+from sepico.train import data as run_data
 from tests.test_datasets import _image, _scene_ids, write_png
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 SIZE = (36, 64)
 TRAIN_IDS = {"sky": 10, "building": 2, "road": 0, "car": 13, "void": 255}
@@ -107,3 +117,105 @@ def test_config_fields_of_an_acdc_target(acdc):
     with pytest.raises(ConfigError, match=r"'method.day_night' needs a target whose images have daytime "
                                           r"counterparts \(dark_zurich, acdc\)"):
         validate(cfg)
+
+
+# --------------------------------------------------------------------------- the config, a run, the server's files
+
+def acdc_config(tmp_path, cityscapes, acdc) -> Config:
+    cfg = from_dict({
+        "name": "acdc",
+        "data": {"source": "cityscapes", "source_root": str(cityscapes), "target": "acdc", "target_root": str(acdc),
+                 "crop_size": [24, 40], "dark_zurich_test_prior": 0.0},
+        "model": {"name": "deeplabv2_r18", "proj_dim": 16},
+        "optim": {"lr": 1e-3, "warmup_iters": 1},
+        "method": {"variant": "dist", "start_distribution_iter": 0, "temperature": 0.1, "pseudo_crop": True,
+                   "day_night": True, "class_prior": 0.05, "pseudo_threshold": 0.05},
+        "train": {"max_iters": 2, "batch_size": 2, "log_interval": 1, "checkpoint_interval": 2,
+                  "run_dir": str(tmp_path / "run")},
+    })
+    validate(cfg)
+    return cfg
+
+
+def test_a_tiny_run_trains_evaluates_per_condition_and_exports(tmp_path, acdc, capsys):
+    # The ACDC server takes train ids at the images' 1920 x 1080 (brdav/refign models/segmentation_model.py
+    # predict_step: argmax as uint8, resized to orig_dims (1080, 1920), saved under the image's own file
+    # name; lhoyer/HRDA README l. 301-307: `--format-only --eval-option imgfile_prefix=labelTrainIds
+    # to_label_id=False`, i.e. labelTrainIds/<image basename>.png, to submit to the dataset's server); the
+    # zip holds the folder labelTrainIds/ (timbroed/MUSES issue #4, the upload rules of MUSES, ACDC's
+    # sibling benchmark: "yourSubmission.zip / labelTrainIds/", one file per test image named
+    # {sequence}_frame_{frame:0>6}*.png, at the input's size, in train ids).
+    from sepico.cli import main
+    from sepico.train import Trainer
+    from tests.test_datasets import make_cityscapes
+
+    cityscapes = make_cityscapes(tmp_path / "cityscapes", size=SIZE)
+    cfg = acdc_config(tmp_path, cityscapes, acdc)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert len(trainer.data.target) == 8 and trainer.data.target.companions[0].name.endswith("_rgb_ref_anon.png")
+    result = trainer.train()
+    assert trainer.iteration == 2 and 0.0 <= result["miou"] <= 100.0
+    ckpt = tmp_path / "run" / "ckpt_00000002.pt"
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(ckpt), "--no-progress", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["dataset"] == "acdc" and report["images"] == 4 and report["test_prior"] == 0.0
+    assert list(report["conditions"]) == list(ACDC_CONDITIONS)
+    assert all(part["images"] == 1 for part in report["conditions"].values())
+    # over all conditions: the mIoU of the summed confusion matrices, the final evaluation of the run
+    assert report["miou"] == pytest.approx(result["miou"], abs=1e-9)
+    for condition, part in report["conditions"].items():
+        test = run_data.TestView(SegmentationFolder("acdc", acdc, "val", conditions=(condition,)))
+        assert part["miou"] == pytest.approx(evaluate(trainer.model, test, num_classes=19, batch_size=1)["miou"],
+                                             abs=1e-9, nan_ok=True)
+    printed = capsys.readouterr().out
+    assert "mIoU night" in printed
+    assert main(["eval", str(ckpt), "--no-progress", "--out", str(out), "--set", "data.acdc_conditions=snow"]) == 0
+    assert list(json.loads(out.read_text())["conditions"]) == ["snow"]
+    # the test set as the server takes it
+    export = tmp_path / "acdc_test"
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--split", "test", "--export", str(export), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == summary["predicted"] == 4 and summary["test_prior"] == 0.0
+    images = SegmentationFolder("acdc", acdc, "test", labelled=False).images
+    names = sorted(p.name for p in images)
+    assert sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file()) == sorted(
+        [f"labelTrainIds/{n}" for n in names] + ["acdc_submission.zip"])
+    model = trainer.model.eval()
+    for path in images:
+        pixels = np.array(Image.open(path).convert("RGB"))
+        x = torch.from_numpy(pixels).permute(2, 0, 1).float()[None] / 255
+        with torch.no_grad():
+            expected = predict_logits(model, x, pixels.shape[:2], num_classes=19).argmax(1)[0].numpy()
+        with Image.open(export / "labelTrainIds" / path.name) as im:
+            assert im.mode == "L" and im.size == (SIZE[1], SIZE[0])  # one channel at the image's size
+            np.testing.assert_array_equal(np.array(im), expected)
+    with zipfile.ZipFile(export / "acdc_submission.zip") as archive:
+        assert sorted(archive.namelist()) == [f"labelTrainIds/{n}" for n in names]
+        assert all(info.external_attr >> 28 != 0o12 for info in archive.infolist())  # no link inside
+
+
+def test_export_refuses_what_it_must_not_write(tmp_path, acdc, capsys):
+    from sepico.cli import main
+    from tests.test_predict import tiny_model, weight_file
+
+    ckpt = weight_file(tmp_path, tiny_model(5))
+    run = ["eval", str(ckpt), "--data", "acdc", "--root", str(acdc), "--no-progress", "--split", "test"]
+    assert main(run) == 2
+    assert "--split test: test labels are not public" in capsys.readouterr().err
+    assert main(run + ["--export", str(tmp_path / "e"), "--out", str(tmp_path / "r.json")]) == 2
+    assert "--out does not apply" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--data", "nighttime_driving", "--root", str(acdc), "--export",
+                 str(tmp_path / "e")]) == 2
+    assert "nighttime_driving has no benchmark server here" in capsys.readouterr().err
+    # a linked folder inside the export folder is never written through
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "labelTrainIds").symlink_to(outside, target_is_directory=True)
+    assert main(run + ["--export", str(export)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "labelTrainIds is a link; results are never written through a link" in err and "\n" not in err
+    assert not list(outside.iterdir()) and not (export / "acdc_submission.zip").exists()

@@ -17,6 +17,9 @@ Facts (cityscapesscripts 2.3.0 as installed from PyPI):
   ``evalPixelAccuracy``) and call the pixel-level parts only; the C extension is not built by the
   PyPI wheel, so ``evaluatePair`` takes its NumPy path (l. 588-597).
 """
+import json
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -24,11 +27,19 @@ from PIL import Image
 
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
 from cityscapesscripts.helpers import labels as cs_labels
+from sepico.cli import main
 from sepico.data.cityscapes import CLASS_NAMES, PALETTE
 from sepico.data.label_maps import (CITYSCAPES_ID_TO_TRAIN_ID, GTA5_ID_TO_TRAIN_ID, SYNTHIA_CLASS_NAMES,
                                     SYNTHIA_ID_TO_TRAIN_ID, TRAIN_ID_TO_CITYSCAPES_ID, lookup_table,
                                     to_label_ids, to_train_ids)
 from sepico.evaluation import confusion_matrix, iou_from_confusion
+from sepico.models import build_model
+from sepico.train.checkpoint import atomic_save
+from sepico.train.config import Config
+from tests.test_datasets import make_cityscapes, write_png
+from tests.test_predict import tiny_model, weight_file, write_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 LABELS = [label for label in cs_labels.labels if label.id >= 0]  # the ids a label image can hold
 EVALUATED = [label for label in LABELS if not label.ignoreInEval]
@@ -101,3 +112,82 @@ def test_confusion_matrix_and_miou_equal_the_pixel_level_evaluation(tmp_path):
         expected = reference["classScores"][label.name] * 100
         assert ours["iou"][label.trainId] == pytest.approx(expected, abs=1e-9), label.name
     assert ours["miou"] == pytest.approx(reference["averageScoreClasses"] * 100, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- the Cityscapes server's files
+
+def test_predict_labelids_holds_only_ids_cityscapesscripts_names(tmp_path, capsys):
+    model = tiny_model(1)
+    ckpt = weight_file(tmp_path, model)
+    write_image(tmp_path / "in" / "bochum_000000_000019_leftImg8bit.png", 40, 72, 3)
+    out = tmp_path / "maps"
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--trainids", "--labelids",
+                 "--no-progress"]) == 0
+    with Image.open(out / "bochum_000000_000019_leftImg8bit_labelIds.png") as im:
+        assert im.mode == "L" and im.size == (72, 40)  # one channel at the image's size
+        ids = np.array(im)
+    assert {int(i) for i in np.unique(ids)} <= {label.id for label in EVALUATED}
+    train_ids = np.array(Image.open(out / "bochum_000000_000019_leftImg8bit_labelTrainIds.png"))
+    assert [cs_labels.id2label[int(i)].trainId for i in ids.ravel()] == train_ids.ravel().tolist()
+    capsys.readouterr()
+    cfg = Config()  # a model of 8 classes has no Cityscapes label ids
+    cfg.model.name, cfg.model.num_classes, cfg.model.proj_dim = "deeplabv2_r18", 8, 8
+    small_ckpt = tmp_path / "eight.pt"
+    atomic_save({"config": cfg.to_dict(), "model": build_model("deeplabv2_r18", num_classes=8, proj_dim=8).state_dict()},
+                small_ckpt)
+    assert main(["predict", str(small_ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "m8"), "--labelids",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "label ids are defined for the 19 Cityscapes classes; the model predicts 8" in err and "\n" not in err
+
+
+def test_cityscapes_export_is_what_the_pixel_level_evaluation_reads(tmp_path, capsys):
+    # evalPixelLevelSemanticLabeling.py l. 55-66 and l. 68-104 (getPrediction): one prediction per ground
+    # truth file, found anywhere under the results folder (os.walk) by the pattern <city>_<seq>_<frame>*.png;
+    # one channel of label ids at the ground truth's size (l. 571-576); mmseg's results2img (lhoyer/DAFormer
+    # mmseg/datasets/cityscapes.py l. 53-95, l. 79) writes <imgfile_prefix>/<image basename>.png, label ids
+    # with to_label_id, the default of format_results (l. 97).
+    root = make_cityscapes(tmp_path / "cityscapes", size=(32, 64), splits=(("val", ("frankfurt", "lindau"), 1),))
+    for j in range(2):  # test images: their labels are not public, the export needs none
+        write_png(root / "leftImg8bit" / "test" / "berlin" / f"berlin_{j:06d}_000019_leftImg8bit.png",
+                  np.random.default_rng(j).integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    model = tiny_model(2)
+    ckpt = weight_file(tmp_path, model)
+    out = tmp_path / "val_export"
+    assert main(["eval", str(ckpt), "--data", "cityscapes", "--root", str(root), "--split", "val", "--export",
+                 str(out), "--no-progress"]) == 0
+    stems = ["frankfurt_000000_000019_leftImg8bit", "lindau_000000_000019_leftImg8bit"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        [f"labelIds/{s}.png" for s in stems] + ["cityscapes_submission.zip"])
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(out / "cityscapes_submission.zip") as archive:
+        assert sorted(archive.namelist()) == [f"labelIds/{s}.png" for s in stems]
+        archive.extractall(unpacked)
+    args = cs_eval.CArgs()
+    vars(args).update(vars(cs_eval.args))
+    args.evalInstLevelScore = args.evalPixelAccuracy = False  # the two np.in1d paths (NumPy 2.4 has no in1d)
+    args.JSONOutput, args.quiet = False, True
+    args.predictionPath, args.predictionWalk = str(unpacked), None
+    gts = sorted(str(p) for p in (root / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))
+    predictions = [cs_eval.getPrediction(args, gt) for gt in gts]  # exits on none or several
+    for prediction in predictions:
+        ids = np.array(Image.open(prediction))
+        assert ids.shape == (32, 64) and {int(i) for i in np.unique(ids)} <= {label.id for label in EVALUATED}
+    reference = cs_eval.evaluateImgLists(predictions, gts, args)
+    capsys.readouterr()
+    result_file = tmp_path / "eval.json"
+    assert main(["eval", str(ckpt), "--data", "cityscapes", "--root", str(root), "--no-progress",
+                 "--out", str(result_file)]) == 0
+    result = json.loads(result_file.read_text())
+    assert result["miou"] == pytest.approx(reference["averageScoreClasses"] * 100, abs=1e-9)
+    for name, iou in result["iou"].items():
+        expected = reference["classScores"][name]
+        assert (iou is None and expected != expected) or iou == pytest.approx(expected * 100, abs=1e-9), name
+    # the test split: images only
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--data", "cityscapes", "--root", str(root), "--split", "test", "--export",
+                 str(tmp_path / "test_export"), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == summary["predicted"] == 2 and summary["split"] == "test"
+    assert sorted(p.name for p in (tmp_path / "test_export" / "labelIds").iterdir()) == [
+        "berlin_000000_000019_leftImg8bit.png", "berlin_000001_000019_leftImg8bit.png"]
