@@ -121,6 +121,20 @@ def test_config_fields_of_an_acdc_target(acdc):
 
 # --------------------------------------------------------------------------- the config, a run, the server's files
 
+def test_the_config_is_the_dark_zurich_setting_with_acdc_as_target():
+    from sepico.train.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    acdc = load_config(root / "cityscapes_to_acdc_daformer_dist.toml")
+    dark = load_config(root / "cityscapes_to_darkzurich_daformer_dist.toml")
+    assert acdc.method.day_night and acdc.data.acdc_conditions == ACDC_CONDITIONS
+    for section in ("model", "optim", "method", "train"):
+        assert getattr(acdc, section) == getattr(dark, section), section
+    differing = {f for f in vars(acdc.data) if getattr(acdc.data, f) != getattr(dark.data, f)}
+    assert differing == {"target", "target_root", "dark_zurich_test_prior"}
+    assert acdc.data.dark_zurich_test_prior == 0.0
+
+
 def acdc_config(tmp_path, cityscapes, acdc) -> Config:
     cfg = from_dict({
         "name": "acdc",

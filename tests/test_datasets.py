@@ -407,7 +407,8 @@ def test_trains_and_evaluates_on_fixture_trees(tmp_path, trees, source, target, 
 
 @pytest.mark.parametrize("name", ["gta5_to_cityscapes_daformer_dist", "synthia_to_cityscapes_daformer_dist",
                                   "cityscapes_to_darkzurich_daformer_dist", "gta5_to_cityscapes_fullres",
-                                  "gta5_to_cityscapes_deeplabv2_dist", "cityscapes_to_darkzurich_deeplabv2_dist"])
+                                  "gta5_to_cityscapes_deeplabv2_dist", "cityscapes_to_darkzurich_deeplabv2_dist",
+                                  "cityscapes_to_acdc_daformer_dist"])
 def test_real_dataset_configs_load(name):
     from sepico.train.config import load_config
 
