@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for <stem>_color.png (and the others); it "
                    "may hold no input")
     p.add_argument("--trainids", action="store_true", help="also <stem>_labelTrainIds.png (uint8 train ids 0-18; "
-                   "the files a benchmark server takes: eval --split test --export)")
+                   "a benchmark server's files: eval --split test --export)")
     p.add_argument("--labelids", action="store_true", help="also <stem>_labelIds.png (uint8 Cityscapes label ids "
                    "0-33, the ids the Cityscapes server and scripts read)")
     p.add_argument("--overlay", action="store_true", help="also <stem>_overlay.png (image and colours blended)")

@@ -219,11 +219,9 @@ def check_outputs(plan: dict, out, *, force: bool = False, archive=None, softwar
     absent, an earlier result of the command ``software`` names, or with ``force`` anything but an
     input or a weight file), and no folder between ``out`` and a file is a link; ``OutputError``
     naming the first that may not (``what``: the option that named ``out``), before anything is written."""
-    out = Path(out)
+    out, archive = Path(out), None if archive is None else Path(archive)
     inputs = list(plan)
-    targets = [target for files in plan.values() for target, _ in files]
-    if archive is not None:
-        targets.append(Path(archive))
+    targets = [target for files in plan.values() for target, _ in files] + ([archive] if archive else [])
     seen = set()
     for target in targets:
         if target in seen:
@@ -250,11 +248,10 @@ def predict_files(model, plan: dict, out, *, num_classes: int, archive=None, pal
                   software: str = SOFTWARE, what: str = "--out", progress: bool = False,
                   **inference) -> tuple[list[Path], list[Path]]:
     """Predict every image of ``plan`` (``planned_outputs`` or ``submission_outputs``) into the folder
-    ``out`` and, with ``archive``, zip what went into folders directly under ``out``; returns
-    (written files, skipped images). Every target is checked first (``check_outputs``, with
-    ``software`` and ``what``). ``prior``:
-    the class weights for the images whose name ends with ``prior_suffix`` ("" : every image).
-    ``inference``: the keyword arguments of ``predict_image``."""
+    ``out`` and, with ``archive``, zip the files written (under their paths relative to ``out``);
+    returns (written files, skipped images). Every target is checked first (``check_outputs``, with
+    ``software`` and ``what``). ``prior``: the class weights for the images whose name ends with
+    ``prior_suffix`` ("": every image). ``inference``: the keyword arguments of ``predict_image``."""
     out = Path(out)
     if num_classes != len(TRAIN_ID_TO_CITYSCAPES_ID) and any(k == "label_ids" for f in plan.values() for _, k in f):
         raise ConfigError(f"Cityscapes label ids are defined for the {len(TRAIN_ID_TO_CITYSCAPES_ID)} Cityscapes "
@@ -289,13 +286,13 @@ def predict_files(model, plan: dict, out, *, num_classes: int, archive=None, pal
     finally:
         model.train(was_training)
     if archive is not None:
-        written.append(_write_zip(Path(archive), [p for p in written if p.parent.parent == out], out, software))
+        written.append(_write_zip(Path(archive), written, out, software))
     return written, skipped
 
 
 def _write_zip(path: Path, files, root: Path, software: str) -> Path:
-    """``files`` under their paths relative to ``root`` (as ``zip -r`` of their folders), atomically;
-    only regular files go in: a link is never followed into the archive."""
+    """``files`` under their paths relative to ``root`` (as ``zip -r`` of their folders gives them),
+    atomically; only regular files go in: a link is never followed into the archive."""
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.comment = software.encode()

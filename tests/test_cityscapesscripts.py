@@ -6,16 +6,16 @@ Facts (cityscapesscripts 2.3.0 as installed from PyPI):
   hasInstances, ignoreInEval, color)`` per label id 0..33, and ``license plate`` with id -1
   (never in a label image, l. 23); l. 113: ``trainId2label`` built over ``reversed(labels)``, so
   each train id names the first label that has it (mmseg's ``_convert_to_label_id``, lhoyer/DAFormer
-  mmseg/datasets/cityscapes.py l. 41-50, goes through it).
+  mmseg/datasets/cityscapes.py l. 41-51, goes through it).
 - evaluation/evalPixelLevelSemanticLabeling.py l. 4: the test server runs this script; l. 18-20:
-  predictions are images of label ids, not train ids; l. 228-255 (``getIouScoreForLabel``): IoU =
+  predictions are images of label ids, not train ids; l. 228-254 (``getIouScoreForLabel``): IoU =
   tp / (tp + fp + fn) with the false positives counted only on pixels whose ground truth is an
   evaluated label; l. 285-294: the average skips NaN scores; l. 459 (``evaluateImgLists``) and
   l. 550 (``evaluatePair``) score lists of files.
 - The same script calls ``np.in1d`` (l. 606 for the instance-level scores, l. 646 for the pixel
   accuracy), which NumPy 2.4 removed: the tests switch both off (``evalInstLevelScore``,
   ``evalPixelAccuracy``) and call the pixel-level parts only; the C extension is not built by the
-  PyPI wheel, so ``evaluatePair`` takes its NumPy path (l. 588-597).
+  PyPI wheel, so ``evaluatePair`` takes its NumPy path (l. 587-599).
 """
 import json
 import zipfile
@@ -142,7 +142,7 @@ def test_predict_labelids_holds_only_ids_cityscapesscripts_names(tmp_path, capsy
 
 
 def test_cityscapes_export_is_what_the_pixel_level_evaluation_reads(tmp_path, capsys):
-    # evalPixelLevelSemanticLabeling.py l. 55-66 and l. 68-104 (getPrediction): one prediction per ground
+    # evalPixelLevelSemanticLabeling.py l. 55-66 and l. 68-105 (getPrediction): one prediction per ground
     # truth file, found anywhere under the results folder (os.walk) by the pattern <city>_<seq>_<frame>*.png;
     # one channel of label ids at the ground truth's size (l. 571-576); mmseg's results2img (lhoyer/DAFormer
     # mmseg/datasets/cityscapes.py l. 53-95, l. 79) writes <imgfile_prefix>/<image basename>.png, label ids
