@@ -235,5 +235,6 @@ def format_table(result: dict, class_names=CLASS_NAMES) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MODES", "aug_probabilities", "confusion_matrix", "confusion_scores", "evaluate", "format_table", "inference_autocast",
-           "iou_from_confusion", "predict_labels", "predict_logits", "protocol_mious", "resized_argmax", "slide_logits"]
+__all__ = ["MODES", "aug_probabilities", "confusion_matrix", "confusion_scores", "evaluate", "format_table",
+           "inference_autocast", "iou_from_confusion", "predict_labels", "predict_logits", "protocol_mious",
+           "resized_argmax", "slide_logits"]

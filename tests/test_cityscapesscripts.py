@@ -133,8 +133,8 @@ def test_predict_labelids_holds_only_ids_cityscapesscripts_names(tmp_path, capsy
     cfg = Config()  # a model of 8 classes has no Cityscapes label ids
     cfg.model.name, cfg.model.num_classes, cfg.model.proj_dim = "deeplabv2_r18", 8, 8
     small_ckpt = tmp_path / "eight.pt"
-    atomic_save({"config": cfg.to_dict(), "model": build_model("deeplabv2_r18", num_classes=8, proj_dim=8).state_dict()},
-                small_ckpt)
+    weights = build_model("deeplabv2_r18", num_classes=8, proj_dim=8).state_dict()
+    atomic_save({"config": cfg.to_dict(), "model": weights}, small_ckpt)
     assert main(["predict", str(small_ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "m8"), "--labelids",
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
