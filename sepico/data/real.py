@@ -10,7 +10,7 @@ GTA5               ``images/*.png``                                     ``labels
 SYNTHIA            ``RGB/*.png``                                        ``GT/LABELS/<same name>`` (16-bit, class in channel 1)
 Cityscapes         ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``     ``gtFine/<split>/<city>/*_gtFine_labelIds.png``
 Dark Zurich        ``rgb_anon/<split>/night/<seq>/*_rgb_anon.png``      ``gt/<split>/night/<seq>/*_gt_labelTrainIds.png`` (val)
-ACDC               ``rgb_anon/<condition>/<split>/<seq>/*_rgb_anon.png``  ``gt/<condition>/<split>/<seq>/*_gt_labelTrainIds.png``
+ACDC               ``rgb_anon/<cond>/<split>/<seq>/*_rgb_anon.png``     ``gt/<cond>/<split>/<seq>/*_gt_labelTrainIds.png``
 Nighttime Driving  ``leftImg8bit/test/night/*_leftImg8bit.png``         ``gtCoarse_daytime_trainvaltest/test/night/*_gtCoarse_labelTrainIds.png``
 BDD100k-night      ``images/10k/val/*.jpg``                             ``labels/sem_seg/masks/val/<stem>.png`` (train ids)
 =================  ===================================================  =========================================================
