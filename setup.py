@@ -18,7 +18,8 @@ setup(
                       "opencv-python-headless", "safetensors"],
     entry_points={"console_scripts": ["sepico=sepico.cli:main"]},
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "huggingface_hub>=0.23"],
+        # cityscapesscripts: the reference the label tables and the mIoU are tested against (README, Dependencies)
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "huggingface_hub>=0.23", "cityscapesscripts==2.3.0"],
         "hub": ["huggingface_hub>=0.23"],  # model.pretrained = "hf:owner/name": weights from the Hugging Face hub
         "gpu": ["nvidia-ml-py"],
         "bench": ["pytest", "pytest-benchmark", "matplotlib", "nvidia-ml-py"],

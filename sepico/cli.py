@@ -82,21 +82,24 @@ def _resume_config(args):
 
 def _eval(args) -> int:
     """Evaluate a checkpoint's student (or EMA teacher), or a converted file, on its run's target
-    val split, or on the dataset named by --data/--root; prints the per-class table and the result JSON."""
+    val split, or on the dataset named by --data/--root; prints the per-class table and the result
+    JSON. With --export, write the split's predictions as the dataset's benchmark server takes them."""
     from sepico.convert import load_model
-    from sepico.data.cityscapes import CLASS_NAMES
     from sepico.data.names import TARGETS
     from sepico.data.transforms import AUG_SCALES
-    from sepico.evaluation import evaluate, format_table
     from sepico.files import atomic_write, check_output
     from sepico.train.config import apply_overrides, validate
-    from sepico.train.data import build_test_dataset
     from sepico.train.trainer import evaluation_prior, resolve_device
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.data is not None and args.data not in TARGETS:
         raise ConfigError(f"--data: unknown dataset {args.data!r}; choose one of {', '.join(TARGETS)}")
+    if args.export and args.out:
+        raise ConfigError("--export writes the benchmark files, not an evaluation: --out does not apply")
+    if args.split == "test" and not args.export:
+        raise ConfigError("--split test: test labels are not public, so there is nothing to score; --export DIR "
+                          "writes the predictions the benchmark server scores")
     path = Path(args.checkpoint)
     if args.out:
         check_output(args.out, what="--out", ours=_is_eval_result, force=args.force, inputs=[path])
@@ -112,41 +115,107 @@ def _eval(args) -> int:
     # What only training uses cannot make an evaluation's configuration invalid.
     cfg.method.day_night = cfg.method.pseudo_crop = False
     validate(cfg)
-    test, classes = build_test_dataset(cfg, AUG_SCALES if args.aug_test else None)
-    m = cfg.model
     model.to(device)
-    d = cfg.data
     prior = None if args.aug_test else evaluation_prior(cfg)
-    result = evaluate(model, test, num_classes=m.num_classes, classes=classes, device=device,
-                      batch_size=args.batch_size, mode=d.eval_mode, window=tuple(d.eval_window),
-                      stride=tuple(d.eval_stride), autocast=args.amp, flip=args.aug_test, prior=prior,
-                      progress=not args.no_progress)
-    result.pop("confusion")
-    table = format_table(result)
-    names = [CLASS_NAMES[c] if c < len(CLASS_NAMES) and m.num_classes == len(CLASS_NAMES) else str(c)
-             for c in result["iou"]]
-    result["class_ids"] = dict(zip(names, result["iou"]))
-    result["iou"] = dict(zip(names, result["iou"].values()))
-    report = {"command": EVAL_RESULT, "checkpoint": str(path), "iteration": iteration, "weights": weights,
-              "dataset": d.target, "images": len(test), "mode": d.eval_mode, "aug_test": bool(args.aug_test),
-              "test_prior": d.dark_zurich_test_prior if prior is not None else 0.0, **result}
-    if d.eval_mode == "slide":
-        report |= {"window": list(d.eval_window), "stride": list(d.eval_stride)}
-
-    def nan_to_none(value):  # strict JSON: a class neither labelled nor predicted has IoU null
-        if isinstance(value, dict):
-            return {k: nan_to_none(v) for k, v in value.items()}
-        return None if isinstance(value, float) and value != value else value
-
-    text = json.dumps(nan_to_none(report), indent=2)
-    print(table)
+    scales = AUG_SCALES if args.aug_test else None
+    header = {"command": EVAL_RESULT, "checkpoint": str(path), "iteration": iteration, "weights": weights,
+              "dataset": cfg.data.target}
+    if args.export:
+        return _export(args, model, cfg, header, device, prior, scales)
+    report = header | _evaluate_target(args, model, cfg, device, prior, scales)
+    text = json.dumps(_nan_to_none(report), indent=2)
     if args.out:
         atomic_write(args.out, text + "\n")
     print(text)
     return 0
 
 
+def _evaluate_target(args, model, cfg, device, prior, scales) -> dict:
+    """The result of ``_eval`` after its header; prints the per-class table. ACDC is scored
+    condition by condition, and over all of them from the sum of their confusion matrices."""
+    import dataclasses
+
+    import torch
+
+    from sepico.data.cityscapes import CLASS_NAMES
+    from sepico.evaluation import confusion_scores, evaluate, format_table
+    from sepico.train.data import build_test_dataset
+
+    d, m = cfg.data, cfg.model
+    parts = [(c, dataclasses.replace(cfg, data=dataclasses.replace(d, acdc_conditions=(c,))))
+             for c in d.acdc_conditions] if d.target == "acdc" else [(None, cfg)]
+    results, images = {}, 0
+    for condition, part in parts:
+        test, classes = build_test_dataset(part, scales)
+        results[condition] = evaluate(
+            model, test, num_classes=m.num_classes, classes=classes, device=device, batch_size=args.batch_size,
+            mode=d.eval_mode, window=tuple(d.eval_window), stride=tuple(d.eval_stride), autocast=args.amp,
+            flip=args.aug_test, prior=prior, progress=not args.no_progress)
+        results[condition]["images"] = len(test)
+        images += len(test)
+    result = (results[None] if d.target != "acdc"
+              else confusion_scores(sum(torch.tensor(r["confusion"]) for r in results.values()), classes))
+    names = [CLASS_NAMES[c] if c < len(CLASS_NAMES) and m.num_classes == len(CLASS_NAMES) else str(c)
+             for c in result["iou"]]
+
+    def named(r: dict) -> dict:
+        r.pop("confusion")
+        return r | {"iou": dict(zip(names, r["iou"].values()))}
+
+    table = format_table(result)
+    report = {"images": images, "mode": d.eval_mode, "aug_test": bool(args.aug_test),
+              "test_prior": d.dark_zurich_test_prior if prior is not None else 0.0,
+              **named(result), "class_ids": dict(zip(names, result["iou"]))}
+    if d.target == "acdc":
+        report["conditions"] = {c: named(r) for c, r in results.items()}
+        table += "".join(f"\n{'mIoU ' + c:<16}{r['miou']:>8.2f}   ({r['images']} images)"
+                         for c, r in report["conditions"].items())
+    if d.eval_mode == "slide":
+        report |= {"window": list(d.eval_window), "stride": list(d.eval_stride)}
+    print(table)
+    return report
+
+
+def _export(args, model, cfg, header, device, prior, scales) -> int:
+    """--export: the split's images predicted into the benchmark server's folders and zip
+    (``sepico.predict.BENCHMARKS``); exit 1 if an image was skipped."""
+    from sepico.data.real import DatasetError, SegmentationFolder
+    from sepico.predict import BENCHMARKS, predict_files, submission_outputs
+
+    d = cfg.data
+    if d.target not in BENCHMARKS:
+        raise ConfigError(f"--export: {d.target} has no benchmark server here; --export writes "
+                          f"{', '.join(BENCHMARKS)}")
+    try:
+        folder = SegmentationFolder(d.target, d.target_root, args.split, labelled=False,
+                                    conditions=d.acdc_conditions)
+    except DatasetError as err:
+        raise ConfigError(f"--root: {err}") from None
+    out, benchmark = Path(args.export), BENCHMARKS[d.target]
+    plan = submission_outputs(folder.images, out, benchmark)
+    size = tuple(d.test_size) if 0 not in tuple(d.test_size) else None
+    written, skipped = predict_files(
+        model, plan, out, num_classes=cfg.model.num_classes, archive=out / benchmark.archive, force=args.force,
+        prior=prior, prior_suffix="", software=EXPORT_RESULT, what="--export", progress=not args.no_progress,
+        size=size, keep_ratio=d.keep_ratio, mode=d.eval_mode, window=tuple(d.eval_window),
+        stride=tuple(d.eval_stride), scales=scales, flip=bool(scales), device=device, autocast=args.amp)
+    print(json.dumps(header | {
+        "split": args.split, "images": len(plan), "predicted": len(plan) - len(skipped),
+        "files": len(written), "archive": str(out / benchmark.archive), "aug_test": bool(args.aug_test),
+        "test_prior": d.dark_zurich_test_prior if prior is not None else 0.0,
+        "skipped": [str(p) for p in skipped]}))
+    return 1 if skipped else 0
+
+
+def _nan_to_none(value):
+    """Strict JSON: a class neither labelled nor predicted has IoU null."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    return None if isinstance(value, float) and value != value else value
+
+
 EVAL_RESULT = "sepico eval"  # the "command" of a result file: what `eval --out` may replace
+EXPORT_RESULT = "sepico eval --export"  # the PNG text and zip comment of exported files: what --export may replace
 
 
 def _is_eval_result(path: Path) -> bool:
@@ -175,7 +244,7 @@ def _predict(args) -> int:
     from sepico.convert import load_model
     from sepico.data.transforms import AUG_SCALES
     from sepico.data.night import dark_zurich_prior
-    from sepico.predict import list_images, predict_files, read_palette
+    from sepico.predict import list_images, planned_outputs, predict_files, read_palette
     from sepico.train.trainer import resolve_device
 
     size = _pair(args.size, "--size", zero=True)
@@ -199,9 +268,10 @@ def _predict(args) -> int:
         size, keep_ratio = None, False
     model.to(device)
     prior = dark_zurich_prior(cfg.data.dark_zurich_test_prior, cfg.model.num_classes)  # for *_rgb_anon.png images
+    plan = planned_outputs(images, out, trainids=args.trainids, labelids=args.labelids, overlay=args.overlay)
     written, skipped = predict_files(
-        model, images, out, num_classes=cfg.model.num_classes, trainids=args.trainids, overlay=args.overlay,
-        palette=palette, opacity=args.opacity, force=args.force, dark_zurich_prior=prior,
+        model, plan, out, num_classes=cfg.model.num_classes, palette=palette, opacity=args.opacity,
+        force=args.force, prior=prior,
         progress=not args.no_progress, size=size, keep_ratio=keep_ratio, mode=args.mode,
         window=window or tuple(cfg.data.eval_window), stride=stride or tuple(cfg.data.eval_stride),
         scales=AUG_SCALES if args.aug_test else None, flip=args.aug_test, device=device, autocast=args.amp)
@@ -309,8 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU)")
     e.add_argument("checkpoint", help="a training checkpoint or a `sepico convert` file")
     e.add_argument("--data", help="target dataset name (default: the run's target): synthetic, "
-                   "cityscapes, dark_zurich, nighttime_driving, bdd100k_night")
+                   "cityscapes, dark_zurich, acdc, nighttime_driving, bdd100k_night")
     e.add_argument("--root", help="dataset folder for a real dataset")
+    e.add_argument("--split", choices=("val", "test"), default="val", help="the split to read (cityscapes, "
+                   "dark_zurich, acdc; default val, the labelled one); test needs --export")
+    e.add_argument("--export", metavar="DIR", help="instead of scoring, write the split's predictions as the "
+                   "dataset's benchmark server takes them (cityscapes: label ids; dark_zurich, acdc: train ids; "
+                   "each at the image's size) and the zip to upload, into DIR")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--teacher", action="store_true", help="evaluate the EMA teacher, not the student")
     e.add_argument("--mode", choices=("whole", "slide"), help="whole-image or sliding-window inference "
@@ -330,15 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "0.25) of the test size and horizontal flips, softmax-averaged (the official --aug-test)")
     e.add_argument("--out", metavar="FILE", help="also write the result JSON here (replaces only an earlier "
                    "`sepico eval` result, never the checkpoint or another file without --force)")
-    e.add_argument("--force", action="store_true", help="let --out replace a file that is not an earlier result "
-                   "(never an input or a checkpoint)")
+    e.add_argument("--force", action="store_true", help="let --out or --export replace a file that is not an "
+                   "earlier result (never an input or a checkpoint)")
     p = sub.add_parser("predict", help="segmentation maps of images (png, jpg, bmp, webp, tif files and folders)")
     p.add_argument("checkpoint", help="a training checkpoint or a `sepico convert` file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (walked in sorted order)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for <stem>_color.png (and the others); it "
                    "may hold no input")
-    p.add_argument("--trainids", action="store_true", help="also <stem>_labelTrainIds.png (uint8 train ids, "
-                   "the benchmark servers' format)")
+    p.add_argument("--trainids", action="store_true", help="also <stem>_labelTrainIds.png (uint8 train ids 0-18; "
+                   "a benchmark server's files: eval --split test --export)")
+    p.add_argument("--labelids", action="store_true", help="also <stem>_labelIds.png (uint8 Cityscapes label ids "
+                   "0-33, the ids the Cityscapes server and scripts read)")
     p.add_argument("--overlay", action="store_true", help="also <stem>_overlay.png (image and colours blended)")
     p.add_argument("--palette", default="cityscapes", metavar="NAME_OR_JSON", help="colours of the maps: "
                    "cityscapes, or a JSON file with one [R, G, B] per class")

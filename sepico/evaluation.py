@@ -208,8 +208,14 @@ def evaluate(model, dataset, *, num_classes: int, classes=None, device="cpu", ba
             conf += confusion_matrix(predicted.cpu(), labels, num_classes)
     finally:
         model.train(was_training)
+    return confusion_scores(conf, classes)
+
+
+def confusion_scores(conf: torch.Tensor, classes=None) -> dict:
+    """An ``evaluate`` result from a confusion matrix (e.g. the sum of several sets' matrices):
+    ``iou_from_confusion``, the ``confusion`` matrix, and for 19 classes the ``protocols``."""
     result = {**iou_from_confusion(conf, classes), "confusion": conf.tolist()}
-    if num_classes == len(CLASS_NAMES):
+    if len(conf) == len(CLASS_NAMES):
         result["protocols"] = protocol_mious(conf)
     return result
 
@@ -229,5 +235,6 @@ def format_table(result: dict, class_names=CLASS_NAMES) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MODES", "aug_probabilities", "confusion_matrix", "evaluate", "format_table", "inference_autocast",
-           "iou_from_confusion", "predict_labels", "predict_logits", "protocol_mious", "resized_argmax", "slide_logits"]
+__all__ = ["MODES", "aug_probabilities", "confusion_matrix", "confusion_scores", "evaluate", "format_table",
+           "inference_autocast", "iou_from_confusion", "predict_labels", "predict_logits", "protocol_mious",
+           "resized_argmax", "slide_logits"]

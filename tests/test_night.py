@@ -20,9 +20,11 @@ Facts (BIT-DA/SePiCo at bce38edd):
   ends with ``_rgb_anon.png`` the softmax (at the network input's size, ``rescale=False``) is
   multiplied by the weights at s = 0.16, then resized to the original image; aug_test (l. 340-357)
   does not apply them;
-- mmseg/datasets/cityscapes.py l. 56-100 (``results2img``): ``<imgfile_prefix>/<basename>.png`` with
-  the image's own basename (``..._rgb_anon``), train ids, 8-bit; the README (Evaluation on Dark
-  Zurich) zips ``labelTrainIds``, ``labelTrainIds_invalid`` and ``confidence``, the last two copies.
+- mmseg/datasets/cityscapes.py l. 56-100 (``results2img``, l. 81-83): ``<imgfile_prefix>/<basename>.png``
+  with the image's own basename (``..._rgb_anon``), train ids, 8-bit; README.md l. 239-280
+  (Evaluation on Dark Zurich): ``imgfile_prefix=.../labelTrainIds`` (l. 255), the server takes a zip
+  of ``confidence``, ``labelTrainIds``, ``labelTrainIds_invalid`` (l. 260-267), the last two made
+  as copies of ``labelTrainIds`` (l. 275-277: ``cp -r``, then ``zip -q -r`` of the three folders).
 """
 import csv
 import json
@@ -105,7 +107,7 @@ def test_each_night_image_gets_its_day_image(trees):
                      "GOPR0354/GOPR0354_frame_000000": "GOPR0228/GOPR0228_frame_000100",
                      "GOPR0354/GOPR0354_frame_000001": "GOPR0228/GOPR0228_frame_000107"}
     folder = SegmentationFolder("dark_zurich", root, "train", labelled=False)
-    days = day_images(root, folder.images)
+    days = day_images("dark_zurich", root, folder.images)
     assert [d.relative_to(root).as_posix() for d in days] == [
         "rgb_anon/train/day/GOPR0227/GOPR0227_frame_000100_rgb_anon.png",
         "rgb_anon/train/day/GOPR0227/GOPR0227_frame_000107_rgb_anon.png",
@@ -116,7 +118,7 @@ def test_each_night_image_gets_its_day_image(trees):
 def test_the_loader_flips_and_crops_night_and_day_together(trees):
     root = trees["dark_zurich"]
     folder = SegmentationFolder("dark_zurich", root, "train", labelled=False)
-    days = day_images(root, folder.images)
+    days = day_images("dark_zurich", root, folder.images)
     view = TrainingView(folder, (18, 32), (12, 20), flip=True, companions=days)
     flips = 0
     for position in range(12):
@@ -158,11 +160,11 @@ def test_correspondence_errors_name_the_file(tmp_path, trees):
     csv_file.write_text(original.splitlines()[0] + "\n")  # frame 1 has no pair now
     folder = SegmentationFolder("dark_zurich", root, "train", labelled=False)
     with pytest.raises(CorrespondenceError, match="GOPR0351_frame_000001_rgb_anon.png has no day image"):
-        day_images(root, folder.images)
+        day_images("dark_zurich", root, folder.images)
     csv_file.write_text(original)
     (root / "rgb_anon/train/day/GOPR0227/GOPR0227_frame_000107_rgb_anon.png").unlink()
     with pytest.raises(CorrespondenceError, match="the day image of .* is missing"):
-        day_images(root, folder.images)
+        day_images("dark_zurich", root, folder.images)
     shutil.rmtree(root / "corresp")
     cfg = night_config(tmp_path, trees["cityscapes"], root)
     with pytest.raises(ConfigError, match="data.target_root.*no correspondence files"):
@@ -324,38 +326,59 @@ def test_dark_zurich_test_export(tmp_path, trees, capsys):
     model = build_model("deeplabv2_r18", num_classes=19, proj_dim=8).eval()
     ckpt = weight_file(tmp_path, model)
     test_dir = trees["dark_zurich"] / "rgb_anon" / "test" / "night"
-    other = tmp_path / "city" / "frankfurt_000000_000019_leftImg8bit.png"
-    write_png(other, np.random.default_rng(1).integers(0, 256, SIZE + (3,), dtype=np.uint8))
     out = tmp_path / "submission"
-    assert main(["predict", str(ckpt), str(test_dir), str(other), "--out", str(out), "--trainids", "--no-progress"]) == 0
+    assert main(["eval", str(ckpt), "--root", str(trees["dark_zurich"]), "--split", "test", "--export", str(out),
+                 "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 2 and summary["test_prior"] == 0.16 and summary["split"] == "test"
     names = ["GOPR0364_frame_000000_rgb_anon.png", "GOPR0364_frame_000001_rgb_anon.png"]
-    for folder in ("labelTrainIds", "labelTrainIds_invalid", "confidence"):
-        assert sorted(p.name for p in (out / folder).iterdir()) == names
+    folders = ("labelTrainIds", "labelTrainIds_invalid", "confidence")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        [f"{folder}/{n}" for folder in folders for n in names] + ["dark_zurich_submission.zip"])
     prior = class_prior_weights(0.16).view(1, -1, 1, 1)
     for name in names:
         pixels = np.array(Image.open(test_dir / "GOPR0364" / name).convert("RGB"))
         x = torch.from_numpy(pixels).permute(2, 0, 1).float()[None] / 255
         with torch.no_grad():
-            expected = predict_logits(model, x, pixels.shape[:2], num_classes=19, prior=prior[0, :, 0, 0])
             logits = F.interpolate(model.predict_logits(normalize(x)), size=pixels.shape[:2], mode="bilinear",
                                    align_corners=False)
         by_hand = (logits.softmax(1) * prior).argmax(1)[0].numpy()
-        assert torch.equal(expected.argmax(1)[0], torch.from_numpy(by_hand))
         written = np.array(Image.open(out / "labelTrainIds" / name))
-        assert written.dtype == np.uint8 and written.shape == pixels.shape[:2]
+        assert written.dtype == np.uint8 and written.shape == pixels.shape[:2]  # the image's own size
         np.testing.assert_array_equal(written, by_hand)
-        np.testing.assert_array_equal(np.array(Image.open(out / "confidence" / name)), written)
-    # a Cityscapes image keeps the general names and gets no prior
-    ids = np.array(Image.open(out / "frankfurt_000000_000019_leftImg8bit_labelTrainIds.png"))
-    pixels = np.array(Image.open(other).convert("RGB"))
-    x = torch.from_numpy(pixels).permute(2, 0, 1).float()[None] / 255
-    with torch.no_grad():
-        plain = predict_logits(model, x, pixels.shape[:2], num_classes=19).argmax(1)[0].numpy()
-    np.testing.assert_array_equal(ids, plain)
-    with zipfile.ZipFile(out / "dark_zurich_submission.zip") as archive:
-        assert sorted(archive.namelist()) == sorted(f"{folder}/{n}" for folder in
-                                                    ("labelTrainIds", "labelTrainIds_invalid", "confidence")
-                                                    for n in names)
+        for copy in ("labelTrainIds_invalid", "confidence"):  # the official README's copies
+            np.testing.assert_array_equal(np.array(Image.open(out / copy / name)), written)
+    with zipfile.ZipFile(out / "dark_zurich_submission.zip") as archive:  # zip -r of the three folders
+        assert sorted(archive.namelist()) == sorted(f"{folder}/{n}" for folder in folders for n in names)
+        assert archive.read(f"labelTrainIds/{names[0]}") == (out / "labelTrainIds" / names[0]).read_bytes()
+    # again into the same folder: the earlier export is replaced; a foreign file is not
+    assert main(["eval", str(ckpt), "--root", str(trees["dark_zurich"]), "--split", "test", "--export", str(out),
+                 "--no-progress"]) == 0
+    (out / "confidence" / names[1]).write_bytes(b"someone else's file")
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--root", str(trees["dark_zurich"]), "--split", "test", "--export", str(out),
+                 "--no-progress"]) == 2
+    assert "exists and is not an earlier result" in capsys.readouterr().err
+    assert (out / "confidence" / names[1]).read_bytes() == b"someone else's file"
+
+
+def test_predict_weighs_dark_zurich_images_by_name(tmp_path, trees, capsys):
+    torch.manual_seed(4)
+    model = build_model("deeplabv2_r18", num_classes=19, proj_dim=8).eval()
+    ckpt = weight_file(tmp_path, model)
+    image = trees["dark_zurich"] / "rgb_anon" / "test" / "night" / "GOPR0364" / "GOPR0364_frame_000000_rgb_anon.png"
+    other = tmp_path / "city" / "frankfurt_000000_000019_leftImg8bit.png"
+    write_png(other, np.random.default_rng(1).integers(0, 256, SIZE + (3,), dtype=np.uint8))
+    out = tmp_path / "maps"
+    assert main(["predict", str(ckpt), str(image), str(other), "--out", str(out), "--trainids", "--no-progress"]) == 0
+    for path, weighed in ((image, True), (other, False)):
+        pixels = np.array(Image.open(path).convert("RGB"))
+        x = torch.from_numpy(pixels).permute(2, 0, 1).float()[None] / 255
+        with torch.no_grad():
+            expected = predict_logits(model, x, pixels.shape[:2], num_classes=19,
+                                      prior=class_prior_weights(0.16) if weighed else None).argmax(1)[0].numpy()
+        np.testing.assert_array_equal(np.array(Image.open(out / f"{path.stem}_labelTrainIds.png")), expected)
+    assert not (out / "labelTrainIds").exists()  # the server's layout is the export's (eval --export)
 
 
 # --------------------------------------------------------------------------- other night test sets

@@ -244,23 +244,6 @@ def predict_planted_temporaries(tmp, weights):
     assert not [p for p in (tmp / "out").iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
 
 
-@case("predict", "a link to a PNG outside, inside `labelTrainIds/` of a Dark Zurich `--out`",
-      "left out of the submission zip: the zip takes regular files only")
-def predict_zip_takes_regular_files(tmp, weights):
-    import zipfile
-
-    write_image(tmp / "in" / "GOPR0356_frame_000001_rgb_anon.png")
-    secret = write_image(tmp / "secret.png", seed=9)
-    (tmp / "out" / "labelTrainIds").mkdir(parents=True)
-    (tmp / "out" / "labelTrainIds" / "extra.png").symlink_to(secret)
-    code, _, err = cli("predict", weights, tmp / "in", "--out", tmp / "out", "--trainids", "--no-progress")
-    assert code == 0, err
-    with zipfile.ZipFile(tmp / "out" / "dark_zurich_submission.zip") as archive:
-        names = archive.namelist()
-    assert "labelTrainIds/GOPR0356_frame_000001_rgb_anon.png" in names
-    assert not any("extra" in n for n in names) and len(names) == 3
-
-
 @case("predict", "a PNG claiming 100000 x 100000 pixels; a zero-byte, a truncated and a not-an-image file",
       "each named in one line and skipped, the other images predicted; exit 1")
 def predict_damaged_images(tmp, weights):
@@ -273,7 +256,7 @@ def predict_damaged_images(tmp, weights):
     code, out, err = cli("predict", weights, d, "--out", tmp / "out", "--no-progress")
     assert code == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 4 and all(line.startswith("sepico predict: skipping") for line in lines), err
+    assert len(lines) == 4 and all(line.startswith("sepico: skipping") for line in lines), err
     assert "exceeds limit" in next(line for line in lines if "bomb.png" in line)
     assert json.loads(out)["predicted"] == 1 and (tmp / "out" / "good_color.png").is_file()
 
@@ -392,6 +375,26 @@ def eval_out_is_a_link(tmp, weights):
 def eval_out_is_a_folder(tmp, weights):
     refused(*cli("eval", weights, "--out", tmp, "--no-progress")[::2], "is a folder")
     refused(*cli("eval", weights, "--out", tmp / "no" / "r.json", "--no-progress")[::2], "no folder")
+
+
+@case("eval --export", "a link to a PNG outside, planted in the export's `labelTrainIds/`",
+      "left out of the submission zip: the zip holds exactly the regular files the export wrote")
+def export_zip_takes_its_own_files(tmp, weights):
+    import zipfile
+
+    root = tmp / "dark_zurich"
+    write_image(root / "rgb_anon" / "test" / "night" / "GOPR0364" / "GOPR0364_frame_000000_rgb_anon.png")
+    secret = write_image(tmp / "secret.png", seed=9)
+    out = tmp / "export"
+    (out / "labelTrainIds").mkdir(parents=True)
+    (out / "labelTrainIds" / "extra.png").symlink_to(secret)
+    code, _, err = cli("eval", weights, "--data", "dark_zurich", "--root", root, "--split", "test", "--export", out,
+                       "--no-progress")
+    assert code == 0, err
+    with zipfile.ZipFile(out / "dark_zurich_submission.zip") as archive:
+        names = archive.namelist()
+    assert "labelTrainIds/GOPR0364_frame_000000_rgb_anon.png" in names
+    assert not any("extra" in n for n in names) and len(names) == 3
 
 
 @case("eval", "a checkpoint whose weights hold NaN or infinite values",

@@ -4,7 +4,9 @@ Facts, kept as data:
 
 - Cityscapes ``*_gtFine_labelIds.png`` and GTA5 ``labels/*.png`` store the Cityscapes label ids
   0..33 (cityscapesScripts ``labels.py``); 19 of them are evaluated and get train ids 0..18, the
-  other 15 are ignored (255).
+  other 15 are ignored (255). The Cityscapes test server takes predictions as label ids: train
+  id t goes back to the one label id whose train id is t (``TRAIN_ID_TO_CITYSCAPES_ID``, the
+  conversion of mmseg's ``results2img(to_label_id=True)``).
 - SYNTHIA RAND-CITYSCAPES ``GT/LABELS/*.png`` store the SYNTHIA class id (0..22) in the first
   channel of a 16-bit RGB PNG (the dataset's README). 16 of the classes correspond to Cityscapes
   classes; SYNTHIA has no terrain, truck or train.
@@ -35,6 +37,9 @@ _CITYSCAPES_EVALUATED = {
 # Every Cityscapes label id (0..33): the evaluated ones to their train id, the rest to ignore.
 CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {i: IGNORE_INDEX for i in range(34)}
 CITYSCAPES_ID_TO_TRAIN_ID.update({_CITYSCAPES_EVALUATED[name]: t for t, name in enumerate(CLASS_NAMES)})
+
+# Train id -> Cityscapes label id (the inverse on the 19 evaluated classes).
+TRAIN_ID_TO_CITYSCAPES_ID: dict[int, int] = {t: _CITYSCAPES_EVALUATED[name] for t, name in enumerate(CLASS_NAMES)}
 
 # GTA5 labels use the Cityscapes label ids.
 GTA5_ID_TO_TRAIN_ID = CITYSCAPES_ID_TO_TRAIN_ID
@@ -97,5 +102,17 @@ def to_train_ids(ids: np.ndarray, table: np.ndarray, *, where: str, strict: bool
     return mapped.astype(np.uint8)
 
 
+def to_label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes label ids (uint8) of a uint8 train-id map holding 0..18 (``ValueError`` on any other value)."""
+    table = np.full(256, -1, dtype=np.int16)
+    table[list(TRAIN_ID_TO_CITYSCAPES_ID)] = list(TRAIN_ID_TO_CITYSCAPES_ID.values())
+    ids = table[train_ids]
+    if (ids < 0).any():
+        raise ValueError(f"label ids are defined for train ids 0..{len(CLASS_NAMES) - 1}, found "
+                         f"{int(train_ids[ids < 0].flat[0])}")
+    return ids.astype(np.uint8)
+
+
 __all__ = ["CITYSCAPES_ID_TO_TRAIN_ID", "GTA5_ID_TO_TRAIN_ID", "PROTOCOLS", "SYNTHIA_CLASS_NAMES",
-           "SYNTHIA_ID_TO_TRAIN_ID", "TRAIN_ID_IDENTITY", "lookup_table", "to_train_ids"]
+           "SYNTHIA_ID_TO_TRAIN_ID", "TRAIN_ID_IDENTITY", "TRAIN_ID_TO_CITYSCAPES_ID", "lookup_table",
+           "to_label_ids", "to_train_ids"]

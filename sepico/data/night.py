@@ -1,8 +1,13 @@
-"""Day-to-night adaptation (Cityscapes -> Dark Zurich) as the official ``SePiCoDark`` computes it.
+"""Day-to-night adaptation (Cityscapes -> Dark Zurich) as the official ``SePiCoDark`` computes it, and
+the same loop on ACDC.
 
-- ``read_correspondences``: Dark Zurich's ``corresp/train/night/*.csv`` files; each line maps a
-  night training image (``train/night/<seq>/<frame>``) to its daytime counterpart
-  (``.../day/<seq>/<frame>``), which lives at ``rgb_anon/train/day/<seq>/<frame>_rgb_anon.png``.
+- ``day_images``: the daytime image of each target training image. Dark Zurich pairs them in its
+  ``corresp/train/night/*.csv`` files (``read_correspondences``); each line maps a night training
+  image (``train/night/<seq>/<frame>``) to its daytime counterpart (``.../day/<seq>/<frame>``),
+  which lives at ``rgb_anon/train/day/<seq>/<frame>_rgb_anon.png``. ACDC gives every adverse image
+  a reference image of the same place in normal conditions, by name:
+  ``rgb_anon/<condition>/<split>/<seq>/<frame>_rgb_anon.png`` has
+  ``rgb_anon/<condition>/<split>_ref/<seq>/<frame>_rgb_ref_anon.png``.
 - ``class_prior_weights``: per-class weights from the official class frequencies,
   w = (mean(log f) - log f) / std(log f) * s + 1 (``std`` with Bessel's correction, as
   ``torch.std``): rarer classes weigh more. s = 0.05 in training (pseudo labels and the decode
@@ -88,14 +93,19 @@ def read_correspondences(root) -> dict[str, str]:
     return pairs
 
 
-def day_images(root, night_images) -> list[Path]:
-    """The day image of each night training image (paths under ``root/rgb_anon/train/night``)."""
+def day_images(name: str, root, images) -> list[Path]:
+    """The daytime image of each training image of the target ``name`` (``dark_zurich``: paths
+    under ``root/rgb_anon/train/night``; ``acdc``: under ``root/rgb_anon/<condition>/train``)."""
+    if name == "acdc":
+        return [_acdc_reference(Path(path)) for path in images]
+    if name != "dark_zurich":
+        raise CorrespondenceError(f"{name}: no daytime images (the day-night method reads dark_zurich or acdc)")
     root = Path(root)
     night_dir, day_dir = root / "rgb_anon" / "train" / "night", root / "rgb_anon" / "train" / "day"
     pairs = read_correspondences(root)
     out = []
     suffix = "_rgb_anon.png"
-    for path in night_images:
+    for path in images:
         key = Path(path).relative_to(night_dir).as_posix()[: -len(suffix)]
         if key not in pairs:
             raise CorrespondenceError(f"dark_zurich: {path} has no day image in {root / 'corresp/train/night'}")
@@ -104,6 +114,15 @@ def day_images(root, night_images) -> list[Path]:
             raise CorrespondenceError(f"dark_zurich: the day image of {path} is missing: {day}")
         out.append(day)
     return out
+
+
+def _acdc_reference(path: Path) -> Path:
+    split_dir = path.parent.parent  # rgb_anon/<condition>/<split>
+    reference = (split_dir.with_name(split_dir.name + "_ref") / path.parent.name
+                 / path.name.replace("_rgb_anon.png", "_rgb_ref_anon.png"))
+    if not reference.is_file():
+        raise CorrespondenceError(f"acdc: the reference image of {path} is missing: {reference}")
+    return reference
 
 
 __all__ = ["DARK_ZURICH_CLASS_FREQUENCIES", "DAY_THRESHOLD", "SHIFT_INSENSITIVE_CLASSES", "CorrespondenceError",

@@ -1,5 +1,5 @@
-"""GTA5, SYNTHIA RAND-CITYSCAPES, Cityscapes and Dark Zurich read from a folder (nothing is
-downloaded), with labels mapped to the 19 Cityscapes train ids.
+"""GTA5, SYNTHIA RAND-CITYSCAPES, Cityscapes, Dark Zurich, ACDC and the night evaluation sets read from
+a folder (nothing is downloaded), with labels mapped to the 19 Cityscapes train ids.
 
 Layouts (``root`` is the folder the user names):
 
@@ -10,6 +10,7 @@ GTA5               ``images/*.png``                                     ``labels
 SYNTHIA            ``RGB/*.png``                                        ``GT/LABELS/<same name>`` (16-bit, class in channel 1)
 Cityscapes         ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``     ``gtFine/<split>/<city>/*_gtFine_labelIds.png``
 Dark Zurich        ``rgb_anon/<split>/night/<seq>/*_rgb_anon.png``      ``gt/<split>/night/<seq>/*_gt_labelTrainIds.png`` (val)
+ACDC               ``rgb_anon/<cond>/<split>/<seq>/*_rgb_anon.png``     ``gt/<cond>/<split>/<seq>/*_gt_labelTrainIds.png``
 Nighttime Driving  ``leftImg8bit/test/night/*_leftImg8bit.png``         ``gtCoarse_daytime_trainvaltest/test/night/*_gtCoarse_labelTrainIds.png``
 BDD100k-night      ``images/10k/val/*.jpg``                             ``labels/sem_seg/masks/val/<stem>.png`` (train ids)
 =================  ===================================================  =========================================================
@@ -17,7 +18,11 @@ BDD100k-night      ``images/10k/val/*.jpg``                             ``labels
 Nighttime Driving (Dai and Van Gool, 2018; its ``NighttimeDrivingTest`` archive) and BDD100k-night
 (night images of BDD100K's 10K segmentation set, in that set's layout; copy the night selection
 into a folder of its own) are evaluation sets only: one labelled split, whatever ``split`` says.
-Dark Zurich's unlabelled test images (``rgb_anon/test/night``) are for ``sepico predict``.
+Dark Zurich's, ACDC's and Cityscapes' unlabelled test images (split ``test``) are read with
+``labelled=False``, for the benchmark servers (``sepico eval --split test --export``). ACDC (fog,
+night, rain, snow; ``conditions`` chooses any of them) keeps the official archives' layout, one
+folder per condition; its daytime reference images (``rgb_anon/<condition>/<split>_ref``) are read
+by ``sepico.data.night.day_images``.
 
 A dataset item is ``(image float32 [3, H, W] in [0, 1], label int64 [H, W])`` at the files' own
 size; an unlabelled dataset (a target's training images) gives labels that are all ignore (255).
@@ -40,12 +45,13 @@ from sepico.errors import DatasetError
 from sepico.data.label_maps import (CITYSCAPES_ID_TO_TRAIN_ID, GTA5_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID,
                                     TRAIN_ID_IDENTITY, lookup_table, to_train_ids)
 
-REAL_DATASETS = ("gta5", "synthia", "cityscapes", "dark_zurich", "nighttime_driving", "bdd100k_night")
+REAL_DATASETS = ("gta5", "synthia", "cityscapes", "dark_zurich", "acdc", "nighttime_driving", "bdd100k_night")
+ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
 
 
 @dataclass(frozen=True)
 class _Layout:
-    images: str         # folder of the images, relative to the root ({split} filled in)
+    images: str         # folder of the images, relative to the root ({split}, {condition} filled in)
     labels: str         # folder of the labels, mirroring the image folder's sub-folders
     image_suffix: str   # image file name = stem + image_suffix
     label_suffix: str   # label file name = stem + label_suffix
@@ -59,12 +65,14 @@ _LAYOUTS = {
                           "_gtFine_labelIds.png", True),
     "dark_zurich": _Layout("rgb_anon/{split}/night", "gt/{split}/night", "_rgb_anon.png",
                            "_gt_labelTrainIds.png", True),
+    "acdc": _Layout("rgb_anon/{condition}/{split}", "gt/{condition}/{split}", "_rgb_anon.png",
+                    "_gt_labelTrainIds.png", True),
     "nighttime_driving": _Layout("leftImg8bit/test/night", "gtCoarse_daytime_trainvaltest/test/night",
                                  "_leftImg8bit.png", "_gtCoarse_labelTrainIds.png", False),
     "bdd100k_night": _Layout("images/10k/val", "labels/sem_seg/masks/val", ".jpg", ".png", False),
 }
 _TABLES = {"gta5": GTA5_ID_TO_TRAIN_ID, "synthia": SYNTHIA_ID_TO_TRAIN_ID,
-           "cityscapes": CITYSCAPES_ID_TO_TRAIN_ID, "dark_zurich": TRAIN_ID_IDENTITY,
+           "cityscapes": CITYSCAPES_ID_TO_TRAIN_ID, "dark_zurich": TRAIN_ID_IDENTITY, "acdc": TRAIN_ID_IDENTITY,
            "nighttime_driving": TRAIN_ID_IDENTITY, "bdd100k_night": TRAIN_ID_IDENTITY}
 
 
@@ -74,44 +82,61 @@ class SegmentationFolder(Dataset):
     Args:
         name: one of ``REAL_DATASETS``.
         root: the dataset folder.
-        split: ``"train"`` or ``"val"`` (Cityscapes, Dark Zurich; GTA5 and SYNTHIA have one set).
+        split: ``"train"``, ``"val"`` or ``"test"`` (Cityscapes, Dark Zurich, ACDC; GTA5 and SYNTHIA
+            have one set).
         labelled: read labels; ``False`` lists images only and gives all-ignore labels.
         strict: an unknown label id raises; ``False`` maps it to ignore.
+        conditions: ACDC only, the conditions to read (any of ``ACDC_CONDITIONS``); the images are
+            listed condition by condition in the order given.
     """
 
     def __init__(self, name: str, root, split: str = "train", *, labelled: bool = True,
-                 strict: bool = True):
+                 strict: bool = True, conditions=ACDC_CONDITIONS):
         if name not in _LAYOUTS:
             raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(REAL_DATASETS)}")
         self.name, self.root, self.split = name, Path(root), split
         self.labelled, self.strict = labelled, strict
         layout = _LAYOUTS[name]
-        self._layout = layout
         self._table = lookup_table(_TABLES[name])
-        image_dir = self.root / layout.images.format(split=split)
-        label_dir = self.root / layout.labels.format(split=split)
-        _require_folder(image_dir, name)
+        self.conditions = tuple(conditions) if name == "acdc" else ()
+        bad = [c for c in self.conditions if c not in ACDC_CONDITIONS]
+        if bad or len(set(self.conditions)) < len(self.conditions) or (name == "acdc" and not self.conditions):
+            raise DatasetError(f"acdc: conditions must be some of {', '.join(ACDC_CONDITIONS)}, each once, got "
+                               f"{list(conditions)}")
+        self.images, self.labels = [], ([] if labelled else None)
+        for condition in self.conditions or (None,):
+            images, labels = self._list(layout, split, condition, labelled)
+            self.images += images
+            if labelled:
+                self.labels += labels
+
+    def _list(self, layout: _Layout, split: str, condition, labelled: bool):
+        """(images, labels or None) of one image folder, sorted by path; every image checked to have its label."""
+        image_dir = self.root / layout.images.format(split=split, condition=condition)
+        label_dir = self.root / layout.labels.format(split=split, condition=condition)
+        _require_folder(image_dir, self.name)
         pattern = f"*{layout.image_suffix}"
         images = sorted(image_dir.rglob(pattern) if layout.recursive else image_dir.glob(pattern))
         if not images:
-            raise DatasetError(f"{name}: no images matching {pattern} in {image_dir}")
-        self.images = images
-        self.labels = None
-        if labelled:
-            _require_folder(label_dir, name)
-            self.labels = [label_dir / p.relative_to(image_dir).parent
-                           / (p.name[: -len(layout.image_suffix)] + layout.label_suffix) for p in images]
-            missing = [(i, l) for i, l in zip(images, self.labels) if not l.is_file()]
-            if missing:
-                image, label = missing[0]
-                raise DatasetError(f"{name}: {len(missing)} image(s) without a label, e.g. {image} "
-                                   f"has no {label}")
+            raise DatasetError(f"{self.name}: no images matching {pattern} in {image_dir}")
+        if not labelled:
+            return images, None
+        _require_folder(label_dir, self.name)
+        labels = [label_dir / p.relative_to(image_dir).parent
+                  / (p.name[: -len(layout.image_suffix)] + layout.label_suffix) for p in images]
+        missing = [(i, l) for i, l in zip(images, labels) if not l.is_file()]
+        if missing:
+            image, label = missing[0]
+            raise DatasetError(f"{self.name}: {len(missing)} image(s) without a label, e.g. {image} "
+                               f"has no {label}")
+        return images, labels
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __repr__(self) -> str:
-        return (f"SegmentationFolder({self.name!r}, root={str(self.root)!r}, split={self.split!r}, "
+        conditions = f", conditions={list(self.conditions)}" if self.conditions else ""
+        return (f"SegmentationFolder({self.name!r}, root={str(self.root)!r}, split={self.split!r}{conditions}, "
                 f"images={len(self)}, labelled={self.labelled})")
 
     # ------------------------------------------------------------------ files
@@ -222,4 +247,4 @@ def _with_rawmode(tile, rawmode):
     return (tile[0], tile[1], tile[2], rawmode)
 
 
-__all__ = ["DatasetError", "REAL_DATASETS", "SegmentationFolder", "image_to_tensor", "read_rgb"]
+__all__ = ["ACDC_CONDITIONS", "DatasetError", "REAL_DATASETS", "SegmentationFolder", "image_to_tensor", "read_rgb"]

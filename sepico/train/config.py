@@ -9,7 +9,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sepico.data.names import SOURCES, TARGETS
+from sepico.data.names import DAY_NIGHT_TARGETS, SOURCES, TARGETS
+from sepico.data.real import ACDC_CONDITIONS
 from sepico.errors import ConfigError
 from sepico.method import CONTRASTIVE_VARIANTS, RATIO_SCHEDULES
 
@@ -36,7 +37,7 @@ class DataConfig:
     test_length: int = 100           # synthetic target scenes to evaluate on
     seed: int = 0                    # synthetic scene seed
     num_workers: int = 0             # DataLoader workers
-    # Real datasets (gta5, synthia, cityscapes, dark_zurich). Sizes are (H, W); (0, 0) = as stored.
+    # Real datasets (gta5, synthia, cityscapes, dark_zurich, acdc). Sizes are (H, W); (0, 0) = as stored.
     source_size: tuple = (0, 0)      # source images resized to this before cropping (GTA5: 720, 1280)
     target_size: tuple = (0, 0)      # target training images resized (Cityscapes: 640, 1280)
     test_size: tuple = (0, 0)        # evaluation images resized; logits go back to the label size
@@ -52,6 +53,7 @@ class DataConfig:
     eval_protocol: int = 0           # classes the mIoU averages: 19 | 16 | 13; 0 = 16 for SYNTHIA, else 19
     eval_mode: str = "whole"         # whole | slide
     dark_zurich_test_prior: float = 0.16  # class-prior scale s on Dark Zurich test images (official); 0 = off
+    acdc_conditions: tuple[str, ...] = ACDC_CONDITIONS  # ACDC: the conditions read (any of fog, night, rain, snow)
     eval_window: tuple = (1024, 1024)  # sliding-window size (H, W)
     eval_stride: tuple = (768, 768)    # sliding-window stride (H, W)
 
@@ -103,7 +105,7 @@ class MethodConfig:
     #                                  pseudo labels regenerated on the crop (published: true)
     mix_classes: str = "batch"       # ClassMix: half the classes of the batch's labels (DACS) | of each image
     ce_reduction: str = "all"        # source CE mean over all pixels, ignored counting 0 (mmseg) | valid
-    day_night: bool = False          # Dark Zurich: pseudo labels fused from the night image and its day image
+    day_night: bool = False          # Dark Zurich, ACDC: pseudo labels fused from each image and its daytime image
     day_ratio: float = 0.8           # weight of the day probability (shift-insensitive classes, day > 0.4)
     class_prior: float = 0.0         # class-prior scale s for the fused pseudo labels and the decode-head
     #                                  cross-entropy (Dark Zurich published: 0.05); 0 = no class weights
@@ -186,6 +188,11 @@ def _coerce(path: str, hint, value):
                 return tuple(float(v) if "." in str(v) or "e" in str(v).lower() else int(v) for v in items)
             except ValueError:
                 pass
+    elif hint == tuple[str, ...]:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(items)
+        hint = "a list of names"
     kind = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"config field '{path}' must be {kind}, got {value!r}")
 
@@ -287,9 +294,9 @@ def validate(cfg: Config) -> None:
     if m.pseudo_crop and (cfg.data.target == "synthetic" or 0 in tuple(cfg.data.crop_size)):
         raise ConfigError("config field 'method.pseudo_crop' needs a real target dataset and "
                           "data.crop_size (the crop cut from each whole target image)")
-    if m.day_night and cfg.data.target != "dark_zurich":
-        raise ConfigError("config field 'method.day_night' needs data.target = \"dark_zurich\" (its day-night "
-                          f"correspondences), got {cfg.data.target!r}")
+    if m.day_night and cfg.data.target not in DAY_NIGHT_TARGETS:
+        raise ConfigError(f"config field 'method.day_night' needs a target whose images have daytime "
+                          f"counterparts ({', '.join(DAY_NIGHT_TARGETS)}), got data.target = {cfg.data.target!r}")
     if not 0.0 <= m.day_ratio <= 1.0:
         raise ConfigError(f"config field 'method.day_ratio' must be in [0, 1], got {m.day_ratio!r}")
     positive("method.class_prior", m.class_prior, zero_ok=True)
@@ -408,6 +415,10 @@ def _validate_data(d: DataConfig, choice, positive) -> None:
             raise ConfigError(f"config field 'data.{key}' must be > 0, got {value!r}")
         if (value[0] == 0) != (value[1] == 0):
             raise ConfigError(f"config field 'data.{key}' must be (0, 0) or two sizes > 0, got {value!r}")
+    conditions = tuple(d.acdc_conditions)
+    if not conditions or len(set(conditions)) < len(conditions) or not set(conditions) <= set(ACDC_CONDITIONS):
+        raise ConfigError(f"config field 'data.acdc_conditions' must name some of {', '.join(ACDC_CONDITIONS)}, "
+                          f"each once, got {list(conditions)}")
     if not 0.0 < d.cat_max_ratio <= 1.0:
         raise ConfigError(f"config field 'data.cat_max_ratio' must be in (0, 1], got {d.cat_max_ratio!r}")
     positive("data.rcs_temperature", d.rcs_temperature, zero_ok=True)

@@ -80,14 +80,14 @@ def build_datasets(cfg: Config, run_dir=None) -> RunData:
         target = SyntheticStreets("target", "train", size=size, length=d.train_length, seed=d.seed)
     else:
         folder = _folder("data.target_root", d.target, d.target_root, "train", labelled=False,
-                         strict=d.strict_labels)
+                         strict=d.strict_labels, conditions=d.acdc_conditions)
         # With the class-balanced pseudo-label crop the loader hands whole (resized) images: the
         # trainer cuts the crop (official `..._no_crop` target pipeline).
         crop = None if cfg.method.pseudo_crop else _sizes(d.crop_size)
         days = None
-        if cfg.method.day_night:  # each night image with its day image (Dark Zurich's correspondences)
+        if cfg.method.day_night:  # each target image with its daytime image
             try:
-                days = day_images(d.target_root, folder.images)
+                days = day_images(d.target, d.target_root, folder.images)
             except DatasetError as err:
                 raise ConfigError(f"config field 'data.target_root': {err}") from None
         target = TrainingView(folder, _sizes(d.target_size), crop, keep_ratio=d.keep_ratio, flip=d.flip,
@@ -109,7 +109,7 @@ def build_test_dataset(cfg: Config, scales=None) -> tuple[Dataset, tuple]:
             test = ScaledViews(test, scales)
     else:
         folder = _folder("data.target_root", d.target, d.target_root, "val", labelled=True,
-                         strict=d.strict_labels)
+                         strict=d.strict_labels, conditions=d.acdc_conditions)
         if scales:
             test = ScaledViews(TestView(folder), scales, _sizes(d.test_size), keep_ratio=d.keep_ratio)
         else:
@@ -121,13 +121,13 @@ def build_test_dataset(cfg: Config, scales=None) -> tuple[Dataset, tuple]:
     return test, classes
 
 
-def _folder(key, name, root, split, *, labelled, strict) -> SegmentationFolder:
+def _folder(key, name, root, split, *, labelled, strict, conditions=()) -> SegmentationFolder:
     if not root:
         raise ConfigError(f"config field '{key}' must name the {name} folder")
     if not Path(root).is_dir():
         raise ConfigError(f"config field '{key}': no folder {root}")
     try:
-        return SegmentationFolder(name, root, split, labelled=labelled, strict=strict)
+        return SegmentationFolder(name, root, split, labelled=labelled, strict=strict, conditions=conditions)
     except DatasetError as err:
         raise ConfigError(f"config field '{key}': {err}") from None
 
