@@ -41,7 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from pathlib import Path
 
 from bench.memory import status_kb
@@ -126,35 +125,36 @@ def apply_case(trainer, case: str) -> None:
     from sepico import reference
     from sepico.data.transforms import normalize
 
+    task, method_cfg = trainer.task, trainer.cfg.method
     if case == "reference_losses":
-        def contrastive(self, feat, label):
-            m, est = self.cfg.method, self.estimator
-            return m.contrast_weight * reference.dist_contrastive_map_reference(
-                feat.float(), label, est.mean, est.cov, ratio=m.ratio, temperature=m.temperature,
-                use_avg_pool=m.use_avg_pool, scale_min_ratio=m.scale_min_ratio, num_classes=C,
-                reg_weight=m.reg_weight)
+        est = trainer.sepico.estimator
+        pixels = dict(use_avg_pool=method_cfg.use_avg_pool, scale_min_ratio=method_cfg.scale_min_ratio,
+                      num_classes=C)
 
-        def update(self, src_img, src_lbl):
-            m, est = self.cfg.method, self.estimator
-            with self._teacher_pass():
-                emb = self.teacher.project(self.teacher.encode(normalize(src_img)))
-            small = reference.contrast_pixels_reference(emb, src_lbl, use_avg_pool=m.use_avg_pool,
-                                                        scale_min_ratio=m.scale_min_ratio, num_classes=C)
-            feats, labels = small
+        def loss(emb, labels, iteration=0):  # labels at feature resolution already: a pooling by 1
+            return method_cfg.contrast_weight * reference.dist_contrastive_map_reference(
+                emb.float(), labels, est.mean, est.cov, ratio=method_cfg.ratio,
+                temperature=method_cfg.temperature, reg_weight=method_cfg.reg_weight, **pixels)
+
+        def update_distribution(images, labels):
+            with task.teacher_pass():
+                emb = task.teacher.project(task.teacher.encode(normalize(images)))
+            feats, valid = reference.contrast_pixels_reference(emb, labels, **pixels)
             est._count, est._mean, est._cov = reference.update_class_distribution_onehot_reference(
-                est.count, est.mean, est.cov, feats.float(), labels)
+                est.count, est.mean, est.cov, feats.float(), valid)
+            return trainer.sepico.labels(labels, emb.shape[-2:])
 
-        trainer._contrastive = types.MethodType(contrastive, trainer)
-        trainer._update_distribution = types.MethodType(update, trainer)
+        trainer.sepico.loss = loss
+        task.update_distribution = update_distribution
     elif case == "teacher_grad":
         # The teacher passes with autograd on, as a loop that forgets no_grad: their graphs live
         # as long as their outputs.
         @contextlib.contextmanager
-        def teacher_pass(self):
-            with self._autocast():
+        def teacher_pass():
+            with task.autocast():
                 yield
 
-        trainer._teacher_pass = types.MethodType(teacher_pass, trainer)
+        task.teacher_pass = teacher_pass
         for p in trainer.teacher.parameters():
             p.requires_grad_(True)
     elif case not in ("all_on", "no_checkpointing"):

@@ -15,6 +15,7 @@ it ends; a rerun skips finished runs and resumes an interrupted one from its las
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -121,7 +122,8 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
 
     from sepico.train import Trainer, load_config
     from sepico.train.checkpoint import latest_checkpoint
-    from sepico.train.trainer import changed_fields
+    from sepico.plot import plot_run
+    from sepico.train.checkpoint import changed_fields
 
     run_dir = out / "runs" / run.name
     result_file = run_dir / "result.json"
@@ -141,7 +143,8 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
         return result
     start = time.perf_counter()
     resume = latest_checkpoint(run_dir) is not None  # else a fresh start (overwriting a run cut short)
-    trainer = Trainer(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress)
+    trainer = Trainer(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress,
+                      draw_curves=functools.partial(plot_run, force=True))
     ev = trainer.train()
     result = {"variant": run.variant, "temperature": run.temperature, "seed": run.seed,
               "momentum": cfg.method.momentum, "iterations": cfg.train.max_iters,

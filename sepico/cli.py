@@ -5,6 +5,7 @@ Configuration mistakes end in one line naming the field (exit status 2), not a t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -14,6 +15,7 @@ from sepico.errors import ConfigError, SepicoError
 
 
 def _train(args) -> int:
+    from sepico.plot import plot_run
     from sepico.train import Trainer, load_config
 
     if args.resume:
@@ -24,7 +26,7 @@ def _train(args) -> int:
         cfg = load_config(args.config, args.set)
     run_dir = args.resume or cfg.train.run_dir or None
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, draw_curves=functools.partial(plot_run, force=True))
     result = trainer.train()
     if trainer.rank == 0:  # under torchrun one line for the run, not one per process
         print(json.dumps({"run_dir": str(trainer.run_dir), "iteration": trainer.iteration,
@@ -38,7 +40,7 @@ def _resume_config(args):
     stays in RUN_DIR: a train.run_dir naming another folder is refused."""
     from sepico.train import load_config
     from sepico.train.config import apply_overrides, from_dict, validate
-    from sepico.train.trainer import RESUMABLE_FIELDS, changed_fields
+    from sepico.train.checkpoint import RESUMABLE_FIELDS, changed_fields
 
     if args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from sepico.models import weight_problems
+from sepico.models import build_run_model, weight_problems
 from sepico.models.pretrained import _first
 from sepico.errors import ConfigError, OutputError
 from sepico.files import same_file
@@ -106,8 +106,6 @@ def convert(src, dst, *, model: str | None = None, teacher: bool = False, config
     and evaluation settings the file keeps (default: the published Cityscapes evaluation). An
     existing ``dst`` is replaced only with ``force``, and never when it is ``src`` itself (also
     through a link). Returns a summary (model, widths, weights, notes)."""
-    from sepico.train.trainer import build_run_model
-
     src, dst = Path(src), Path(dst)
     _check_destination(src, dst, force)
     cfg = load_config(config, []) if config else _cityscapes_evaluation()
@@ -146,8 +144,6 @@ def load_model(path, *, teacher: bool = False) -> LoadedModel:
     """The model of a sepico weight file: a training checkpoint (its student, or with ``teacher``
     its EMA teacher) or a converted file."""
     from sepico.train.config import from_dict, validate_model
-    from sepico.train.trainer import build_run_model
-
     state = read_checkpoint(path)
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
         raise ConfigError(f"{path} is neither a sepico training checkpoint nor a converted file (no config / "

@@ -57,14 +57,14 @@ def test_teacher_normalises_with_the_statistics_of_its_batch(tmp_path):
     assert all(bn.training for bn in _batchnorms(teacher))
     assert not any(m.training for m in teacher.modules() if isinstance(m, STOCHASTIC_MODULES))
     images = torch.rand(2, 3, 64, 128, generator=torch.Generator().manual_seed(0))
-    labels, _ = trainer._pseudo_labels(images)
+    labels, _ = trainer.task.pseudo_labels(images)
     with torch.no_grad():
         logits = teacher.predict_logits(normalize(images))
         for bn in _batchnorms(teacher):  # running statistics far off: no effect in training mode
             bn.running_mean.add_(3.0)
             bn.running_var.mul_(50.0)
         torch.testing.assert_close(teacher.predict_logits(normalize(images)), logits, rtol=0, atol=0)
-    assert torch.equal(trainer._pseudo_labels(images)[0], labels)
+    assert torch.equal(trainer.task.pseudo_labels(images)[0], labels)
     with torch.no_grad():
         assert not torch.allclose(teacher.eval().predict_logits(normalize(images)), logits, atol=1e-3)
 
@@ -77,8 +77,8 @@ def test_teacher_passes_update_only_the_teachers_statistics_under_no_grad(tmp_pa
     student, teacher = _buffers(trainer.model), _buffers(trainer.teacher)
     images = torch.rand(2, 3, 64, 128, generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, 19, (2, 64, 128), generator=torch.Generator().manual_seed(2))
-    trainer._pseudo_labels(images)
-    trainer._update_distribution(images, labels)
+    trainer.task.pseudo_labels(images)
+    trainer.task.update_distribution(images, labels)
     assert all(torch.equal(a, b) for a, b in zip(student, trainer.model.buffers()))
     changed = [not torch.equal(a, b) for a, b in zip(teacher, trainer.teacher.buffers())]
     assert any(changed)
@@ -95,7 +95,7 @@ def test_ema_averages_parameters_only(tmp_path):
             p.add_(1.0)
     before = _buffers(trainer.teacher)
     trainer.iteration = 9
-    trainer.update_teacher()
+    trainer.task.update_teacher(trainer.iteration)
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.teacher.buffers()))
     # The earlier loop, kept behind a switch, averaged them.
     cfg = tiny_config(teacher_statistics="running")
@@ -104,7 +104,7 @@ def test_ema_averages_parameters_only(tmp_path):
         for bn in _batchnorms(running.model):
             bn.running_mean.add_(7.0)
     running.iteration = 9
-    running.update_teacher()
+    running.task.update_teacher(running.iteration)
     assert not running.teacher.training
     assert torch.allclose(_batchnorms(running.teacher)[0].running_mean, torch.full_like(
         _batchnorms(running.teacher)[0].running_mean, 0.7))
@@ -273,9 +273,9 @@ def test_source_cross_entropy_is_the_mean_over_all_pixels(tmp_path):
     label = torch.randint(0, 19, (2, 32, 64), generator=gen)
     label[:, :16] = 255
     valid = F.cross_entropy(F.interpolate(logits, (32, 64), mode="bilinear"), label, ignore_index=255)
-    torch.testing.assert_close(trainer._source_ce(logits, label), valid / 2)
+    torch.testing.assert_close(trainer.task.source_ce(logits, label), valid / 2)
     trainer.cfg.method.ce_reduction = "valid"
-    torch.testing.assert_close(trainer._source_ce(logits, label), valid)
+    torch.testing.assert_close(trainer.task.source_ce(logits, label), valid)
 
 
 @pytest.mark.parametrize("name", ["gta5_to_cityscapes_daformer_dist", "synthia_to_cityscapes_daformer_dist",

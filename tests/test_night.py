@@ -224,7 +224,7 @@ def test_pseudo_labels_fuse_the_teacher_on_day_and_night(tmp_path, trees):
     trainer = Trainer(night_config(tmp_path, trees["cityscapes"], trees["dark_zurich"]), tmp_path / "r", progress=False)
     torch.manual_seed(1)
     night, day = torch.rand(2, 3, 36, 64), torch.rand(2, 3, 36, 64)
-    labels, weights = trainer._pseudo_labels(night, day)
+    labels, weights = trainer.task.pseudo_labels(night, day)
     with torch.no_grad():
         def probs(x):
             logits = trainer.teacher.predict_logits(normalize(x))
@@ -234,7 +234,7 @@ def test_pseudo_labels_fuse_the_teacher_on_day_and_night(tmp_path, trees):
     assert torch.equal(labels, expected)
     torch.testing.assert_close(weights, torch.full_like(weights, float((conf >= 0.05).float().mean())))
     # without the day image the labels are the night image's own
-    alone, _ = trainer._pseudo_labels(night)
+    alone, _ = trainer.task.pseudo_labels(night)
     assert torch.equal(alone, probs(night).argmax(1))
     assert not torch.equal(alone, labels)
 
@@ -248,7 +248,7 @@ def test_decode_head_cross_entropy_takes_the_class_weights(tmp_path, trees):
     up = F.interpolate(logits, size=(36, 64), mode="bilinear", align_corners=False)
     nll = -up.log_softmax(1).gather(1, label.clamp(max=18)[:, None])[:, 0]
     w = class_prior_weights(0.05)[label.clamp(max=18)] * (label != 255)
-    torch.testing.assert_close(trainer._source_ce(logits, label), (w * nll).mean())
+    torch.testing.assert_close(trainer.task.source_ce(logits, label), (w * nll).mean())
 
 
 def test_a_tiny_day_night_run_resumes_bit_for_bit(tmp_path, trees):

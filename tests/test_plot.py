@@ -125,12 +125,11 @@ def test_errors_name_the_file_in_one_line(tmp_path, make, message):
 
 
 @pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-def test_a_training_run_draws_its_curves(tmp_path, monkeypatch, capsys):
+def test_a_training_run_draws_its_curves(tmp_path, capsys):
     cfg = tiny_config("dist", "convnet_small")
     cfg.data.size, cfg.train.max_iters, cfg.train.eval_interval = [32, 64], 4, 2
     drawn = []
-    monkeypatch.setattr("sepico.plot.plot_run", lambda run_dir, real=plot_run, **kw: drawn.append(real(run_dir, **kw)))
-    Trainer(cfg, tmp_path, progress=False).train()
+    Trainer(cfg, tmp_path, progress=False, draw_curves=lambda run_dir: drawn.append(plot_run(run_dir, force=True))).train()
     assert drawn == [tmp_path / "curves.png"] * 3  # after the evaluations at 2 and 4, and the final one
     with Image.open(tmp_path / "curves.png") as image:
         assert image.format == "PNG"
@@ -140,10 +139,9 @@ def test_a_training_run_draws_its_curves(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.glob(".*.tmp"))
     # A plot that fails is one warning line, in stderr and train.log; the run finishes.
     # An interval that does not divide max_iters: the final evaluation is a point of its own.
-    monkeypatch.setattr("sepico.plot.plot_run", lambda run_dir, **kw: 1 / 0)
     capsys.readouterr()
     cfg.train.eval_interval = 3
-    result = Trainer(cfg, tmp_path / "again", progress=False).train()
+    result = Trainer(cfg, tmp_path / "again", progress=False, draw_curves=lambda run_dir: 1 / 0).train()
     assert 0.0 <= result["miou"] <= 100.0 and (tmp_path / "again" / "eval.json").is_file()
     warnings = [line for line in capsys.readouterr().err.splitlines() if "curves.png not drawn" in line]
     assert len(warnings) == 2 and "division by zero" in warnings[0]

@@ -235,8 +235,8 @@ def test_a_non_finite_loss_stops_with_the_last_finite_state_or_is_skipped(tmp_pa
     cfg = tiny_config()
     cfg.train.max_iters, cfg.train.on_nonfinite = 3, policy
     trainer = Trainer(cfg, tmp_path, progress=False)
-    source_ce = trainer._source_ce
-    monkeypatch.setattr(trainer, "_source_ce", lambda logits, label: source_ce(logits, label) * (
+    source_ce = trainer.task.source_ce
+    monkeypatch.setattr(trainer.task, "source_ce", lambda logits, label: source_ce(logits, label) * (
         float("nan") if trainer.iteration == 1 else 1.0))
     trainer.step()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

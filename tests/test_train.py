@@ -16,7 +16,8 @@ from sepico.train import Trainer, augment
 from sepico.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from sepico.train.config import Config, apply_overrides, from_dict, load_config, validate
 from sepico.errors import ConfigError
-from sepico.train.trainer import build_run_model, lr_factor
+from sepico.models import build_run_model
+from sepico.train.trainer import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,11 +150,11 @@ def test_ema_update_rule(tmp_path):
             p.add_(1.0)
     before = [t.clone() for t in trainer.teacher.parameters()]
     trainer.iteration = 9  # alpha = min(1 - 1/10, 0.999) = 0.9
-    trainer.update_teacher()
+    trainer.task.update_teacher(trainer.iteration)
     for t, b, s in zip(trainer.teacher.parameters(), before, trainer.model.parameters()):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
     trainer.iteration = 0  # alpha = 0: the teacher becomes a copy of the student
-    trainer.update_teacher()
+    trainer.task.update_teacher(trainer.iteration)
     for t, s in zip(trainer.teacher.parameters(), trainer.model.parameters()):
         assert torch.equal(t, s)
 

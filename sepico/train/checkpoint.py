@@ -11,6 +11,7 @@ A run folder (``RunFolder``) is claimed by one process for the length of a run: 
 it ends), so a second ``sepico train`` into the same folder is refused while the first one runs.
 The marker, or a ``config.json`` that parses as a sepico run configuration, is what makes a folder
 a run; ``--overwrite`` removes only the files the run layout names (``RUN_FILES`` and checkpoints).
+A resumed run may change only ``RESUMABLE_FIELDS`` of its configuration (``changed_fields``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,29 @@ RUN_FILES = ("config.json", "pretrained.json", "metrics.jsonl", "eval.json", "tr
 # dtypes (mmcv's runner stores some in a checkpoint's meta), under numpy 1's and numpy 2's names.
 _NUMPY_SCALARS = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np._core.multiarray.scalar,
                   np.dtype] + [type(np.dtype(kind)) for kind in "?bBhHiIlLqQefdgFDG"]
+
+
+# What a resumed run may change: nothing that the iterations already computed depend on.
+RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
+                    "train.keep_checkpoints", "train.device", "train.run_dir", "data.num_workers")
+
+
+def changed_fields(stored: dict, current: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
+    """``section.field`` names whose values differ between two config dicts, those in ``ignore``
+    (by default what a resumed run may change) aside."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            out += [f"{key}.{k}" for k in sorted(set(a or {}) | set(b or {}))
+                    if _plain((a or {}).get(k)) != _plain((b or {}).get(k)) and f"{key}.{k}" not in ignore]
+        elif _plain(a) != _plain(b) and key not in ignore:
+            out.append(key)
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 class CheckpointError(ConfigError):

@@ -1,21 +1,13 @@
-"""The SePiCo self-training loop (design section 6) in plain PyTorch, pass by pass as the official
-``mmseg/models/uda/sepico.py`` runs it.
+"""The SePiCo self-training loop in plain PyTorch around the official iteration.
 
-One iteration: EMA update of the teacher's parameters; teacher passes (training-mode BatchNorm
-on the batch in front of it, dropout off, no autograd), each on one domain: the weak target image
-gives pseudo labels (optionally a class-balanced crop of it, labelled again), the weak source
-image gives the embeddings that update the class distribution; then the student: strongly
-augmented source (decode head + cross-entropy, + projection head + contrastive loss from
-``start_distribution_iter``), strongly augmented target (encoder + projection head: contrastive loss
-with pseudo labels), ClassMix image (encoder + decode head: pseudo-weighted cross-entropy); one
-AdamW step. Each loss is backpropagated as soon as it is formed, so at most one student graph is
-alive at a time. Under torchrun the gradients of all passes are averaged over the ranks once,
-before the step.
-
-The SePiCo part of a pass (labels at feature resolution, the estimator update, the contrastive
-loss) is ``sepico.method.SePiCo``; the torchrun glue is ``sepico.train.distributed``; this module
-keeps the passes, the loop, logging, evaluation and checkpoints. A step reads the device three
-times (the two label range checks and the logged values, fetched together; ``tests/test_method.py``).
+``Trainer`` builds everything from a ``Config`` (datasets, student, EMA teacher, optimiser,
+schedule, the SePiCo method and the step's passes, ``sepico.train.step.SelfTrainingStep``), runs
+the loop, and does what lies around each step: the optimiser update (under torchrun the gradients
+of all passes averaged over the ranks once, before the step; a non-finite loss skips or stops the
+step; BatchNorm statistics broadcast from rank 0), evaluation, metrics and log lines, checkpoints
+(``sepico.train.checkpoint``: the run folder, resume rules, pruning) and signals. A step reads the
+device three times (the two label range checks and the logged values, fetched together;
+``tests/test_method.py``).
 """
 from __future__ import annotations
 
@@ -35,50 +27,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from sepico.data.cityscapes import IGNORE_INDEX
-from sepico.data.night import class_prior_weights, dark_zurich_prior, fuse_day_night
-from sepico.data.real import DatasetError
-from sepico.data.transforms import normalize
+from sepico.data.night import class_prior_weights, dark_zurich_prior
+from sepico.errors import ConfigError, DatasetError, NonFiniteLoss
 from sepico.evaluation import evaluate, format_table
-from sepico.method import CONTRASTIVE_VARIANTS, SePiCo
-from sepico.models import build_model, format_provenance, load_pretrained_encoder, weight_problems
-from sepico.models.heads import resize_to
-from sepico.train import augment
-from sepico.train.checkpoint import (MARKER, CheckpointError, RunFolder, atomic_save, checkpoint_path, newest_readable_checkpoint,
-                                     prune_checkpoints, read_checkpoint, remove_stale_temporaries, run_files)
-from sepico.train.config import Config
-from sepico.errors import ConfigError, NonFiniteLoss
 from sepico.files import atomic_write, open_append
+from sepico.method import CONTRASTIVE_VARIANTS, SePiCo
+from sepico.models import build_run_model, format_provenance, load_pretrained_encoder, weight_problems
+from sepico.train.checkpoint import (MARKER, RESUMABLE_FIELDS, CheckpointError, RunFolder, atomic_save, changed_fields,
+                                     checkpoint_path, newest_readable_checkpoint, prune_checkpoints, read_checkpoint,
+                                     remove_stale_temporaries, run_files)
+from sepico.train.config import Config
 from sepico.train.data import BatchStream, build_datasets
 from sepico.train.distributed import any_rank, average_gradients, broadcast_from_first, init_distributed
-
-# What a resumed run may change: nothing that the iterations already computed depend on.
-RESUMABLE_FIELDS = ("train.max_iters", "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
-                    "train.keep_checkpoints", "train.device", "train.run_dir", "data.num_workers")
-def changed_fields(stored: dict, current: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
-    """``section.field`` names whose values differ between two config dicts, those in ``ignore``
-    (by default what a resumed run may change) aside."""
-    out = []
-    for key in sorted(set(stored) | set(current)):
-        a, b = stored.get(key), current.get(key)
-        if isinstance(a, dict) or isinstance(b, dict):
-            out += [f"{key}.{k}" for k in sorted(set(a or {}) | set(b or {}))
-                    if _plain((a or {}).get(k)) != _plain((b or {}).get(k)) and f"{key}.{k}" not in ignore]
-        elif _plain(a) != _plain(b) and key not in ignore:
-            out.append(key)
-    return out
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
-def build_run_model(m) -> torch.nn.Module:
-    """The segmentor a `ModelConfig` describes (random weights)."""
-    extra = ({"embed_dim": m.head_channels, "channels": m.head_channels} if m.name.startswith("daformer")
-             else {"encoder_norm": m.encoder_norm} if m.name == "convnet_small" else {})
-    return build_model(m.name, num_classes=m.num_classes, proj_dim=m.proj_dim, **extra)
-
+from sepico.train.step import Batch, SelfTrainingStep
 
 def resolve_device(name: str, local_rank: int = 0, *, field: str = "config field 'train.device'") -> torch.device:
     """The device ``name`` names (``auto``: a GPU if there is one); ``field`` is how errors name
@@ -121,11 +82,14 @@ class Trainer:
     """Builds everything from a `Config`; `train()` runs to `train.max_iters`, resumable."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
-                 overwrite: bool = False, progress: bool = True):
+                 overwrite: bool = False, progress: bool = True, draw_curves=None):
         """``resume``: continue from the newest checkpoint that loads (the configuration must be the
         stored one but for ``RESUMABLE_FIELDS``). Otherwise a run folder that already holds a run
-        is refused, unless ``overwrite`` (its run files are then removed, and named)."""
+        is refused, unless ``overwrite`` (its run files are then removed, and named).
+        ``draw_curves(run_dir)``: called after each evaluation, once metrics.jsonl holds it (the
+        command passes ``sepico.plot``'s; None: no curves)."""
         self.cfg = cfg
+        self.draw_curves = draw_curves
         self.run_dir = Path(run_dir or cfg.train.run_dir or Path("runs") / cfg.name)
         self.rank, self.world, local_rank = init_distributed()
         self.group = dist.group.WORLD if self.world > 1 else None
@@ -166,7 +130,7 @@ class Trainer:
         self.progress = progress and self.rank == 0
         if cfg.train.deterministic:
             set_deterministic()
-        m = cfg.method
+        method_cfg, optim_cfg = cfg.method, cfg.optim
         # The same seed everywhere gives every rank the same initial weights; data and
         # augmentation draw from per-rank seeds.
         torch.manual_seed(cfg.train.seed)
@@ -189,25 +153,30 @@ class Trainer:
         # The EMA teacher: official, training mode with dropout and drop-path off (BatchNorm on
         # the batch in front of it); "running", this project's earlier eval-mode teacher.
         self.teacher = copy.deepcopy(self.model)
-        if m.teacher_statistics == "batch":
+        if method_cfg.teacher_statistics == "batch":
             self.teacher.set_dropout(False).train()
         else:
             self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameter_groups(o.lr, o.weight_decay, o.head_lr_mult),
-                                           lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameter_groups(optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.head_lr_mult),
+            lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(it, cfg.train.max_iters, o.warmup_iters,
-                                                 o.warmup_ratio, o.power))
+            self.optimizer, lambda it: lr_factor(it, cfg.train.max_iters, optim_cfg.warmup_iters,
+                                                 optim_cfg.warmup_ratio, optim_cfg.power))
         # The SePiCo part (estimator + contrastive loss); None for the variants without one.
-        self.sepico = (SePiCo.from_config(m, num_classes=cfg.model.num_classes, dim=cfg.model.proj_dim,
+        self.sepico = (SePiCo.from_config(method_cfg, num_classes=cfg.model.num_classes, dim=cfg.model.proj_dim,
                                           max_iters=cfg.train.max_iters, device=self.device)
-                       if m.variant in CONTRASTIVE_VARIANTS else None)
+                       if method_cfg.variant in CONTRASTIVE_VARIANTS else None)
         # Class weights of the decode-head cross-entropy and the day-night pseudo labels (official
         # class_weight: Dark Zurich's class prior at scale method.class_prior); None = unweighted.
-        self.class_prior = class_prior_weights(m.class_prior).to(self.device) if m.class_prior else None
+        class_prior = (class_prior_weights(method_cfg.class_prior).to(self.device)
+                       if method_cfg.class_prior else None)
+        self.task = SelfTrainingStep(self.model, self.teacher, self.sepico, method_cfg,
+                                     num_classes=cfg.model.num_classes, crop_size=cfg.data.crop_size,
+                                     class_prior=class_prior, generator=self.gen, amp=cfg.train.amp,
+                                     group=self.group)
         self.iteration = 0
         self._stop_signal = None
 
@@ -275,166 +244,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
 
-    def _autocast(self):
-        if self.device.type == "cuda" and self.cfg.train.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    @torch.no_grad()
-    def update_teacher(self) -> None:
-        """EMA of the parameters with alpha = min(1 - 1 / (t + 1), ema_alpha), so the teacher
-        starts as a copy. Buffers are not averaged (official); with ``teacher_statistics =
-        "running"`` the BatchNorm statistics are averaged too (this project's earlier loop)."""
-        alpha = min(1.0 - 1.0 / (self.iteration + 1), self.cfg.method.ema_alpha)
-        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
-            t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
-        if self.cfg.method.teacher_statistics == "running":
-            for t, s in zip(self.teacher.buffers(), self.model.buffers()):
-                if t.is_floating_point():
-                    t.mul_(alpha).add_(s, alpha=1.0 - alpha)
-                else:
-                    t.copy_(s)
-
-    def _source_ce(self, logits, label):
-        """mmseg 0.16's decode-head loss: the mean over all pixels, ignored ones counting 0
-        (``ce_reduction = "all"``), or over the labelled pixels only (``"valid"``)."""
-        up = self._upsample(logits, label)
-        loss = F.cross_entropy(up, label, weight=self.class_prior, ignore_index=IGNORE_INDEX, reduction="none")
-        if self.cfg.method.ce_reduction == "valid":
-            return loss.sum() / (label != IGNORE_INDEX).sum().clamp(min=1)
-        return loss.mean()
-
-    # ------------------------------------------------------------------ teacher passes
-
-    @contextlib.contextmanager
-    def _teacher_pass(self):
-        """No autograd (the teacher learns by EMA only); BatchNorm keeps the teacher's mode."""
-        with torch.no_grad(), self._autocast():
-            yield
-
-    def _pseudo_labels(self, images, days=None):
-        """Teacher pseudo labels and weights for a weak target batch. With ``days`` (the day image
-        of each night image, official ``SePiCoDark``) from the fused day-night probabilities,
-        weighted by the class prior."""
-        m = self.cfg.method
-        weights = dict(threshold=m.pseudo_threshold, mode=m.pseudo_weight, ignore_top=m.ignore_top,
-                       ignore_bottom=m.ignore_bottom)
-        if days is None:
-            with self._teacher_pass():
-                logits = self.teacher.predict_logits(normalize(images))
-            return augment.pseudo_labels(logits, images.shape[-2:], **weights)
-        fused = fuse_day_night(self._teacher_probabilities(days), self._teacher_probabilities(images),
-                               day_ratio=m.day_ratio, weights=self.class_prior)
-        return augment.confident_labels(fused, **weights)
-
-    def _teacher_probabilities(self, images):
-        """The teacher's softmax at image size (logits resized first, as ``encode_decode``)."""
-        with self._teacher_pass():
-            logits = self.teacher.predict_logits(normalize(images))
-        return torch.softmax(resize_to(logits.float(), images.shape[-2:]), dim=1)
-
-    def _target_pseudo_labels(self, images, days=None):
-        """(target images, pseudo labels, weights). With ``pseudo_crop`` the whole images (and
-        their day images) are cut to their class-balanced crop, which the teacher then labels
-        again (official ``pseudo_random_crop`` + ``regen_pseudo``)."""
-        labels, weights = self._pseudo_labels(images, days)
-        if self.cfg.method.pseudo_crop:
-            crop = tuple(int(v) for v in self.cfg.data.crop_size)
-            offsets = augment.class_balanced_crops(labels, crop, self.cfg.model.num_classes, self.gen)
-            images = augment.cut(images, offsets, crop)
-            days = None if days is None else augment.cut(days, offsets, crop)
-            labels, weights = self._pseudo_labels(images, days)
-        return images, labels, weights
-
-    def _update_distribution(self, src_img, src_lbl) -> torch.Tensor:
-        """Teacher embeddings of the weak source batch (encoder + projection head) update the
-        class distribution; target features never enter it. Returns the source labels at
-        feature resolution, which the source pass's contrastive loss reuses."""
-        with self._teacher_pass():
-            emb = self.teacher.project(self.teacher.encode(normalize(src_img)))
-        labels = self.sepico.labels(src_lbl, emb.shape[-2:])
-        self.sepico.update(emb, labels, group=self.group)
-        return labels
-
-    # ------------------------------------------------------------------ one iteration
-
     def step(self) -> dict:
-        """One iteration of the official ``forward_train``: the teacher's passes, then the student's
-        source, target and mix passes, each backpropagated at once (one student graph alive at a
-        time), then one optimiser step."""
-        m = self.cfg.method
-        it = self.iteration
+        """One iteration: the next batches through the step's passes (``SelfTrainingStep``), then
+        the optimiser update."""
         src_img, src_lbl = (t.to(self.device) for t in self.source.next())
         tgt_img, _, *days = (t.to(self.device) for t in self.target.next())
-        days = days[0] if days else None  # the day image of each night image (method.day_night)
-        self.update_teacher()
-        contrastive = m.variant in CONTRASTIVE_VARIANTS
-        self_training = m.variant != "source_only" and it >= m.start_self_training_iter
-        contrast_now = contrastive and it >= m.start_distribution_iter
-        # One gate draw per iteration for the jitter and one for the blur, shared by every
-        # strongly augmented image of the iteration (DACS strong_parameters).
-        strong = augment.draw_strong(self.gen, strength=m.color_jitter_strength,
-                                     jitter_p=m.color_jitter_p, blur_p=m.blur_p)
-        log = {}
-        pseudo = src_small = None
-        if self_training:  # teacher, one pass per domain
-            tgt_img, *pseudo = self._target_pseudo_labels(tgt_img, days)
-            log["pseudo_weight"] = pseudo[1].mean()
-        if contrastive:  # every iteration, also before start_distribution_iter
-            src_small = self._update_distribution(src_img, src_lbl)
-        log |= self._source_pass(src_img, src_lbl, strong, src_small if contrast_now else None)
-        if contrast_now and self_training:
-            log |= self._target_pass(tgt_img, *pseudo, strong)
-        if self_training and m.mix:
-            log |= self._mix_pass(src_img, src_lbl, tgt_img, *pseudo, strong)
-        return self._update(log)
-
-    def _source_pass(self, images, labels, strong, contrast_labels) -> dict:
-        """Student, strongly augmented source: decode head + cross-entropy; from
-        start_distribution_iter on (``contrast_labels``: the labels at feature resolution) also
-        the projection head + contrastive loss."""
-        with self._autocast():
-            feats = self.model.encode(normalize(augment.strong_augment(images, strong, self.gen)))
-            loss = self._source_ce(self.model.decode(feats), labels)
-        log = {"loss_ce": loss.detach()}
-        if contrast_labels is not None:
-            with self._autocast():
-                emb = self.model.project(feats)
-            cl = self.sepico.loss(emb, contrast_labels, self.iteration)
-            log["loss_cl_src"] = cl.detach()
-            loss = loss + cl
-        loss.backward()
-        return log
-
-    def _target_pass(self, images, labels, weights, strong) -> dict:
-        """Student, strongly augmented target: encoder + projection head (the decode head never
-        sees a target-only batch), contrastive loss with the pseudo labels, ignored where the
-        pseudo weight is 0."""
-        with self._autocast():
-            feats = self.model.encode(normalize(augment.strong_augment(images, strong, self.gen)))
-            emb = self.model.project(feats)
-            if self.cfg.method.target_pass == "full":  # the earlier loop: the decode head ran here too
-                self.model.decode(feats)
-        small = self.sepico.labels(torch.where(weights > 0, labels, IGNORE_INDEX), emb.shape[-2:])
-        cl = self.sepico.loss(emb, small, self.iteration)
-        cl.backward()
-        return {"loss_cl_tgt": cl.detach()}
-
-    def _mix_pass(self, src_img, src_lbl, tgt_img, labels, weights, strong) -> dict:
-        """ClassMix, encoder + decode head: source classes pasted from the weak source onto the
-        weak target, then strong augmentation per mixed image; pseudo-weighted cross-entropy."""
-        masks = augment.class_mix_masks(src_lbl, self.gen, per=self.cfg.method.mix_classes)
-        mixed = augment.mix(masks, src_img, tgt_img)
-        mixed = torch.cat([augment.strong_augment(mixed[i:i + 1], strong, self.gen) for i in range(mixed.shape[0])])
-        mixed_lbl = augment.mix(masks, src_lbl, labels)
-        mixed_w = torch.where(masks, torch.ones_like(weights), weights)
-        with self._autocast():
-            logits = self.model.predict_logits(normalize(mixed))
-            ce = F.cross_entropy(self._upsample(logits, mixed_lbl), mixed_lbl, weight=self.class_prior,
-                                 ignore_index=IGNORE_INDEX, reduction="none")
-        loss = (ce * mixed_w).mean()
-        loss.backward()
-        return {"loss_mix": loss.detach()}
+        batch = Batch(src_img, src_lbl, tgt_img, days[0] if days else None)
+        return self._update(self.task.step(batch, self.iteration))
 
     def _update(self, log: dict) -> dict:
         """The optimiser step (gradients averaged over the ranks), or none when a loss is not
@@ -461,10 +277,6 @@ class Trainer:
         self.iteration += 1
         log["lr"] = self.optimizer.param_groups[0]["lr"]
         return log
-
-    @staticmethod
-    def _upsample(logits, label):
-        return resize_to(logits.float(), label.shape[-2:])
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -701,13 +513,13 @@ class Trainer:
         return result
 
     def _plot_curves(self, metrics, logf) -> None:
-        """Redraw curves.png from metrics.jsonl (rank 0). A plot that fails is a warning line: the
-        curves are a view of the run, never a reason to stop it."""
+        """``draw_curves`` once metrics.jsonl is flushed (rank 0). A plot that fails is a warning
+        line: the curves are a view of the run, never a reason to stop it."""
+        if self.draw_curves is None:
+            return
         metrics.flush()
         try:
-            from sepico.plot import plot_run  # matplotlib is imported only once a run draws
-
-            plot_run(self.run_dir, force=True)  # the run's own folder
+            self.draw_curves(self.run_dir)
         except Exception as err:  # noqa: BLE001 - any failure of the plot, the run goes on
             message = f"warning: curves.png not drawn: {' '.join(str(err).split()) or type(err).__name__}"
             print(message, file=sys.stderr, flush=True)
