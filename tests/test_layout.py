@@ -112,3 +112,38 @@ def test_bench_scripts_run_as_modules_without_path_edits():
         text = path.read_text()
         assert "sys.path" not in text, path.name
         assert not re.search(r"\[[^\]]*\"bench/\w+\.py\"", text), path.name
+
+
+# The floors of sepico/__init__.py, lowest first: a module imports from its own floor and those
+# below, never from one above (function-level imports counted too). "sepico" is the package's
+# __init__ alone.
+FLOORS = [
+    ("sepico", "sepico.errors", "sepico.files", "sepico.pages"),
+    ("sepico.reference", "sepico.losses", "sepico.estimator"),
+    ("sepico.method",),
+    ("sepico.models", "sepico.data"),
+    ("sepico.evaluation",),
+    ("sepico.train",),
+    ("sepico.convert", "sepico.predict", "sepico.plot", "sepico.demo", "sepico.ablation", "sepico.cli"),
+]
+
+
+def _floor(module: str) -> int:
+    best = None
+    for level, prefixes in enumerate(FLOORS):
+        for prefix in prefixes:
+            inside = module == prefix or (prefix != "sepico" and module.startswith(prefix + "."))
+            if inside and (best is None or len(prefix) > best[1]):
+                best = (level, len(prefix))
+    assert best is not None, f"{module} is on no floor: add it to FLOORS (and to sepico/__init__.py's plan)"
+    return best[0]
+
+
+def test_no_import_runs_up_a_floor():
+    modules = _modules("sepico")
+    upward = []
+    for name, path in modules.items():
+        for target in _imports(name, path, modules):
+            if _floor(target) > _floor(name):
+                upward.append(f"{name} (floor {_floor(name)}) imports {target} (floor {_floor(target)})")
+    assert upward == [], upward
