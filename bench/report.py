@@ -2,7 +2,7 @@
 
     python -m bench.report bench/results/<file>.json   # rebuild the .md and .png from a .json
 
-Run by the suites at the end of a session (bench/conftest.py); each run writes its files afresh.
+Run by the suites at the end of a pytest run (bench/conftest.py); each run writes its files afresh.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _ok(r, what):
 
 
 def targets(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
-    """The CPU targets of issue 10 at N = 2 x 256 x 512, D = 256, C = 19, float32, torch
+    """The CPU targets at N = 2 x 256 x 512, D = 256, C = 19, float32, torch
     backend: (name, passed or None when not measured, figures)."""
     buf = cases.TARGET_N * cases.TARGET_D * 4
     out = []

@@ -6,7 +6,7 @@ features holding dl_i/dz_i (`kernels._dispatch.gradient_buffer`). The Function's
 regulariser's gradient into that buffer in place and scales it by grad_output: the buffer itself
 becomes the features' gradient, so no second [N, D] tensor exists at any point.
 
-The regulariser (design section 5) is added to the mean once per call:
+The regulariser is added to the mean once per call:
 
     R = sum_c log softmax_c(zbar . mu_c / tau) / (C log C),   zbar = mean of the valid pixels' z,
 

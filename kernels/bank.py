@@ -1,4 +1,4 @@
-"""Memory-bank pixel contrastive loss (SePiCo BankCL, design section 4).
+"""Memory-bank pixel contrastive loss (SePiCo BankCL; the math: kernels/README.md).
 
 Class c's queue holds L_c >= 1 past batch means b_j (oldest first); bbar_k is the mean of class k's
 queue. Per valid pixel with label c,

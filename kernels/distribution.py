@@ -1,4 +1,4 @@
-"""Count-weighted merge of running class statistics with a batch (design section 3).
+"""Count-weighted merge of running class statistics with a batch (the math: kernels/README.md).
 
 Per class, with the running (n, mu, S) and the batch (n_b, m, V) (mean and biased covariance):
 

@@ -1,4 +1,4 @@
-"""Per-class counts, sums and second moments of a batch of pixel embeddings (design section 2).
+"""Per-class counts, sums and second moments of a batch of pixel embeddings (the math: kernels/README.md).
 
     n_c = #{i : y_i = c},   s_c = sum_{y_i = c} z_i,
     q_c = sum_{y_i = c} z_i * z_i   (diagonal)   or   Q_c = sum_{y_i = c} z_i z_i^T   (full).

@@ -1,5 +1,5 @@
 """``sepico ablate``: what each part of SePiCo contributes on the synthetic benchmark, and whether
-the temperature matters (design section 9).
+the temperature matters.
 
 Variants (each with every seed): source-only; self-training without a contrastive loss; a control
 with DistCL's passes but its loss weighted 0 (``target_pass_no_cl``); ProtoCL, BankCL, DistCL

@@ -1,4 +1,4 @@
-"""Running per-class feature distribution and memory bank (design sections 3 and 4).
+"""Running per-class feature distribution and memory bank (the math: kernels/README.md).
 
 The estimator keeps, per class, the count of pixels seen, their mean and their (biased)
 covariance, diagonal [C, D] or full [C, D, D], and merges each batch into them with the exact

@@ -1,4 +1,4 @@
-"""SePiCo contrastive losses on network-shaped tensors (design sections 4 and 5).
+"""SePiCo contrastive losses on network-shaped tensors (the math: kernels/README.md).
 
 A loss call takes the projection head's output ``feat`` [B, D, h, w] and labels at image resolution,
 brings the labels to feature resolution (majority vote or nearest neighbour), and averages a

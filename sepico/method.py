@@ -1,4 +1,4 @@
-"""The SePiCo part of a training step (design sections 3 to 5): the class-distribution estimator and
+"""The SePiCo part of a training step (the math: kernels/README.md): the class-distribution estimator and
 the contrastive loss of one variant, behind three calls.
 
     method = SePiCo.from_config(cfg.method, num_classes=C, dim=D, max_iters=T, device=dev)

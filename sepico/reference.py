@@ -32,7 +32,7 @@ def class_moments_reference(feats, labels, num_classes, *, ignore_index=255, cov
 
 
 def update_class_distribution_reference(count, mean, cov, feats, labels, *, ignore_index=255):
-    """Count-weighted merge (design section 3) with a two-pass (centred) batch covariance."""
+    """Count-weighted merge (kernels/README.md, the update) with a two-pass (centred) batch covariance."""
     num_classes = mean.shape[0]
     feats = feats.to(mean.dtype)
     hot = _one_hot(labels, num_classes, ignore_index, mean.dtype)
@@ -58,7 +58,7 @@ def update_class_distribution_reference(count, mean, cov, feats, labels, *, igno
 
 def dist_contrastive_loss_reference(feats, labels, mean, cov=None, *, ratio=1.0, temperature=100.0,
                                     ignore_index=255, weight=None, reduction="mean"):
-    """Design section 4 with N x C logits; autograd gives the gradient."""
+    """DistCL (kernels/README.md, the loss) with N x C logits; autograd gives the gradient."""
     lin = feats @ mean.T / temperature
     logits = lin
     if cov is not None:
@@ -220,7 +220,7 @@ def update_class_distribution_onehot_reference(count, mean, cov, feats, labels, 
     only), computed the way the public SePiCo estimator computes it: the valid pixels' features
     expanded to N x C x D and multiplied by an N x C x D one-hot, summed over pixels for the batch
     mean; the batch variance from the centred N x C x D tensor; NaN weights (0 / 0) set to 0.
-    Time and memory grow with N x C x D: the naive form (design section 2) the kernels avoid, and
+    Time and memory grow with N x C x D: the naive form the kernels avoid, and
     the estimator baseline of the benchmarks. Returns new (count, mean, cov)."""
     keep = labels != ignore_index
     feats, labels = feats[keep].to(mean.dtype), labels[keep].long()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-# Caps on the max-norm relative error against float64, by input dtype (DEVELOPERS.md), and the
-# floor added to the eager reference's own error in the three-way rule (style.md).
+# Caps on the max-norm relative error against float64, by input dtype, and the
+# floor added to the eager reference's own error in the three-way rule.
 CAP = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float64: 1e-10}
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float64: 1e-12}
 
@@ -39,7 +39,7 @@ def report(actual: torch.Tensor, truth: torch.Tensor, tol: float) -> str:
             f"NaN {nan}, inf {inf}; {where}")
 
 
-# Largest error seen per (quantity, input dtype) over the session; conftest prints it at the end.
+# Largest error seen per (quantity, input dtype) over the test run; conftest prints it at the end.
 LARGEST: dict = {}
 
 

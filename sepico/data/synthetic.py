@@ -1,6 +1,6 @@
 """A synthetic domain-shift benchmark: procedural street scenes in two renderings.
 
-Every scene is a pinhole view of a straight street (design section 9 calibrated the recipe): a road
+Every scene is a pinhole view of a straight street (docs/demo.md): a road
 converging to a vanishing point on the horizon, a sidewalk on each side, and beside the street a
 front row (building facades, fences, hedges or nothing) with a second row set back behind it
 (buildings or tree lines); at the end of the street a skyline of buildings and trees; sky above.

@@ -1,5 +1,5 @@
 """One SePiCo training step, pass by pass as the official ``mmseg/models/uda/sepico.py``
-``forward_train`` runs them (design section 6), as a task of its own (timm's ``TrainingTask``):
+``forward_train`` runs them (docs/training.md), as a task of its own (timm's ``TrainingTask``):
 ``SelfTrainingStep`` owns the student, the EMA teacher and the SePiCo method; ``step(batch,
 iteration)`` runs every pass, backpropagates each loss as soon as it is formed (one student graph
 alive at a time) and returns the step's log entries (device tensors). The loop around it (the
