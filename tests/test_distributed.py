@@ -116,3 +116,31 @@ def test_two_process_training_keeps_ranks_identical_and_resumes(tmp_path):
     resumed = _states(_run(tmp_path, "resumed", 3, resume=True, run=run))
     _assert_same(resumed[0], resumed[1])
     _assert_same(resumed[0], straight[0])
+
+
+def _global_batch_worker(rank, world, port, run_dir, out):
+    _join(rank, world, port)
+    from sepico.train import Trainer
+    from tests.test_train import tiny_config
+
+    cfg = tiny_config("dist")
+    cfg.train.global_batch_size = 2
+    trainer = Trainer(cfg, run_dir, progress=False)
+    trainer.step()
+    with torch.no_grad():  # the feature grid the estimator's labels have
+        grid = trainer.model.project(trainer.model.encode(torch.zeros(1, 3, *cfg.data.size))).shape[-2:]
+    torch.save({"batch": trainer.batch_size, "count": trainer.sepico.estimator.count.sum().item(),
+                "grid": list(grid)}, out.format(rank=rank))
+    dist.destroy_process_group()
+
+
+def test_the_global_batch_is_shared_by_the_processes(tmp_path):
+    """train.global_batch_size = 2 under two processes: one image each, so the synchronised class
+    statistics count the labelled pixels of two images per step, as one process at batch 2 does."""
+    out = str(tmp_path / "rank{rank}.pt")
+    mp.spawn(_global_batch_worker, args=(2, _free_port(), str(tmp_path / "run"), out), nprocs=2)
+    results = [torch.load(out.format(rank=r)) for r in range(2)]
+    assert [r["batch"] for r in results] == [1, 1]
+    h, w = results[0]["grid"]
+    assert results[0]["count"] == results[1]["count"]  # synchronised
+    assert h * w < results[0]["count"] <= 2 * h * w  # two images' pixels, not four

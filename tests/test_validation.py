@@ -139,3 +139,15 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode != 0
     assert "the triton backend needs CUDA tensors, or TRITON_INTERPRET=1" in proc.stderr
+
+
+def test_the_global_batch_is_divided_among_the_processes():
+    from sepico.errors import ConfigError
+    from sepico.train.config import TrainConfig
+    from sepico.train.trainer import process_batch_size
+
+    assert process_batch_size(TrainConfig(batch_size=3), 4) == 3  # each process its own batch
+    assert process_batch_size(TrainConfig(batch_size=3, global_batch_size=8), 4) == 2
+    assert process_batch_size(TrainConfig(global_batch_size=2), 1) == 2
+    with pytest.raises(ConfigError, match="'train.global_batch_size' \\(6\\) must be a multiple of the 4 processes"):
+        process_batch_size(TrainConfig(global_batch_size=6), 4)

@@ -124,6 +124,8 @@ class MethodConfig:
 class TrainConfig:
     max_iters: int = 40000
     batch_size: int = 2              # source images per step (and as many target images)
+    global_batch_size: int = 0       # under torchrun: source images per step over all N processes (each
+    #                                  takes global_batch_size / N); 0 = each takes batch_size (N x it in all)
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     amp: bool = False                # bfloat16 autocast on GPU (ignored on CPU); official runs: float32
@@ -312,6 +314,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config field 'method.ema_alpha' must be in [0, 1), got {m.ema_alpha!r}")
     positive("train.max_iters", t.max_iters)
     positive("train.batch_size", t.batch_size)
+    positive("train.global_batch_size", t.global_batch_size, zero_ok=True)
     positive("train.log_interval", t.log_interval)
     positive("train.checkpoint_interval", t.checkpoint_interval)
     positive("train.keep_checkpoints", t.keep_checkpoints)

@@ -59,6 +59,18 @@ def resolve_device(name: str, local_rank: int = 0, *, field: str = "config field
     return device
 
 
+def process_batch_size(train_cfg, world: int) -> int:
+    """Source (and target) images per step of one of ``world`` processes: ``train.batch_size``, or
+    with ``train.global_batch_size`` its share, so the step over all processes has that many."""
+    total = train_cfg.global_batch_size
+    if not total:
+        return train_cfg.batch_size
+    if total % world:
+        raise ConfigError(f"config field 'train.global_batch_size' ({total}) must be a multiple of the {world} "
+                          "processes")
+    return total // world
+
+
 def set_deterministic() -> None:
     """Deterministic algorithms for bitwise-repeatable runs at a fixed seed: cuDNN without
     autotuning and with deterministic kernels, PyTorch's deterministic implementations (an op
@@ -94,6 +106,7 @@ class Trainer:
         self.rank, self.world, local_rank = init_distributed()
         self.group = dist.group.WORLD if self.world > 1 else None
         self.device = resolve_device(cfg.train.device, local_rank)
+        self.batch_size = process_batch_size(cfg.train, self.world)
         # The folder is claimed before anything is written into it (the class-statistics cache
         # included): a second run into it is refused here, in one line.
         self.folder = RunFolder(self.run_dir)
@@ -117,9 +130,9 @@ class Trainer:
             self.close(started=False)
             raise
         shard = 1_000_003 * self.rank  # distinct data order per rank
-        self.source = BatchStream(self.data.source, cfg.train.batch_size, seed=cfg.train.seed + shard,
+        self.source = BatchStream(self.data.source, self.batch_size, seed=cfg.train.seed + shard,
                                   start=self.iteration, num_workers=cfg.data.num_workers)
-        self.target = BatchStream(self.data.target, cfg.train.batch_size, seed=cfg.train.seed + 7 + shard,
+        self.target = BatchStream(self.data.target, self.batch_size, seed=cfg.train.seed + 7 + shard,
                                   start=self.iteration, num_workers=cfg.data.num_workers)
 
     def _build(self, progress: bool, local_rank: int) -> None:
