@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test env compile-check clean bench bench-quick
+.PHONY: test test-system env compile-check clean bench bench-quick
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,18 @@ env: $(VPY)
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q $(TORCH_SPEC)
 	$(VPY) -m pip install -q -e ".[test]"
 
+# make test: the fast tier (every test but the system ones); make test-system: the system tests
+# (ahead-of-time compilation, the GPU-check dry run, killed and side-by-side processes, demo and
+# ablation runs). .ci/run runs both. Each prints its wall time.
+PYTEST = TRITON_INTERPRET=1 TRITON_DEFAULT_FP_FUSION=1 KERNELS_POISON=1 $(VPY) -m pytest -q --durations=15
+
 test: env
-	TRITON_INTERPRET=1 TRITON_DEFAULT_FP_FUSION=1 KERNELS_POISON=1 $(VPY) -m pytest -q --durations=15 tests
+	@start=$$(date +%s); $(PYTEST) -m "not system" tests; status=$$?; \
+	  echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
+
+test-system: env
+	@start=$$(date +%s); $(PYTEST) -m system tests; status=$$?; \
+	  echo "make test-system: $$(( $$(date +%s) - start )) s"; exit $$status
 
 compile-check: env
 	$(VPY) -m kernels.compile_check

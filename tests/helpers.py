@@ -1,7 +1,11 @@
-"""What several test modules build: a training step without a Trainer, dataset or run folder."""
+"""What several test modules share: the command run in this process, a training step without a
+Trainer, dataset or run folder, small inputs."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+from typing import NamedTuple
 
 import torch
 
@@ -11,6 +15,26 @@ from sepico.train.config import MethodConfig
 from sepico.train.step import SelfTrainingStep
 
 NUM_CLASSES, PROJ_DIM = 19, 8
+
+
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args) -> Ran:
+    """``sepico ARGS`` run in this process: (exit status, stdout, stderr), named as
+    ``subprocess.run``'s result names them."""
+    from sepico.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def tiny_step(variant: str = "dist", *, crop_size=(0, 0), class_prior=None, seed: int = 0,

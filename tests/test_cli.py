@@ -11,7 +11,8 @@ from PIL import Image
 
 import sepico
 from sepico.cli import build_parser
-from tests.test_safety import cli, tiny_toml, weights, write_image  # noqa: F401 - weights is a fixture
+from tests.helpers import cli
+from tests.test_safety import tiny_toml, weights, write_image  # noqa: F401 - weights is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -11,6 +11,7 @@ import torch
 from sepico import ablation
 from sepico.train import Trainer
 from sepico.train.checkpoint import CheckpointError, read_checkpoint
+from tests.helpers import cli
 from tests.test_train import _assert_same, _state, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +33,6 @@ def _evil_checkpoint(path: Path, marker: Path, cfg) -> Path:
     return path
 
 
-def _cli(*args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "sepico.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def _config_file(tmp_path, **train) -> Path:
     lines = ['name = "tiny"', "[data]", "size = [32, 64]", "train_length = 8", "test_length = 2",
              "[model]", 'name = "convnet_small"', "proj_dim = 8", "[method]", 'variant = "dist"',
@@ -54,14 +49,14 @@ def test_a_crafted_checkpoint_runs_nothing_in_eval_resume_and_ablate(tmp_path):
     evil = _evil_checkpoint(tmp_path / "evil.pt", marker, cfg)
     with pytest.raises(CheckpointError, match=r"evil\.pt: refused: it holds more than tensors"):
         read_checkpoint(evil)
-    proc = _cli("eval", evil)
+    proc = cli("eval", evil)
     assert proc.returncode == 2 and "refused" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     # --resume: the run's only checkpoint is the crafted one.
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     _evil_checkpoint(run / "ckpt_00000002.pt", marker, cfg)
-    proc = _cli("train", "--resume", run, "--no-progress")
+    proc = cli("train", "--resume", run, "--no-progress")
     assert proc.returncode == 2 and "refused" in proc.stderr and "no checkpoint in" in proc.stderr
     # sepico ablate resumes an interrupted run from its checkpoint.
     out = tmp_path / "ablation"
@@ -83,13 +78,13 @@ def test_checkpoints_we_write_load_without_full_unpickling(tmp_path):
 def test_a_used_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
     config = _config_file(tmp_path)
     run = tmp_path / "run"
-    assert _cli("train", config, "--no-progress", "--set", f"train.run_dir={run}").returncode == 0
+    assert cli("train", config, "--no-progress", "--set", f"train.run_dir={run}").returncode == 0
     before = (run / "metrics.jsonl").read_text()
-    again = _cli("train", config, "--no-progress", "--set", f"train.run_dir={run}")
+    again = cli("train", config, "--no-progress", "--set", f"train.run_dir={run}")
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
     assert "already holds a run" in again.stderr and "--resume" in again.stderr
     assert (run / "metrics.jsonl").read_text() == before and (run / "ckpt_00000004.pt").exists()
-    over = _cli("train", config, "--no-progress", "--overwrite", "--set", f"train.run_dir={run}",
+    over = cli("train", config, "--no-progress", "--overwrite", "--set", f"train.run_dir={run}",
                 "--set", "train.max_iters=2")
     assert over.returncode == 0, over.stderr
     assert "--overwrite: removing" in over.stderr and "ckpt_00000004.pt" in over.stderr
@@ -101,15 +96,15 @@ def test_a_used_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
 def test_resume_takes_the_stored_configuration(tmp_path):
     config = _config_file(tmp_path, max_iters=2)
     run = tmp_path / "run"
-    assert _cli("train", config, "--no-progress", "--set", f"train.run_dir={run}").returncode == 0
-    bad = _cli("train", "--resume", run, "--set", "data.size=64,64", "--set", "train.max_iters=4")
+    assert cli("train", config, "--no-progress", "--set", f"train.run_dir={run}").returncode == 0
+    bad = cli("train", "--resume", run, "--set", "data.size=64,64", "--set", "train.max_iters=4")
     assert bad.returncode == 2 and "--set data.size would change what the run already computed" in bad.stderr
     other = tmp_path / "other.toml"
     other.write_text(config.read_text().replace("proj_dim = 8", "proj_dim = 16").replace(
         "size = [32, 64]", "size = [32, 32]"))
-    diff = _cli("train", other, "--resume", run)
+    diff = cli("train", other, "--resume", run)
     assert diff.returncode == 2 and "data.size, model.proj_dim" in diff.stderr
-    good = _cli("train", "--resume", run, "--no-progress", "--set", "train.max_iters=3")
+    good = cli("train", "--resume", run, "--no-progress", "--set", "train.max_iters=3")
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout.strip().splitlines()[-1])["iteration"] == 3
     stored = json.loads((run / "config.json").read_text())
@@ -146,10 +141,10 @@ def test_resume_recovers_from_a_damaged_latest_checkpoint_metrics_line_and_tempo
 def test_unreadable_checkpoint_files_are_named_in_one_line(tmp_path, content):
     bad = tmp_path / "ckpt_00000001.pt"
     bad.write_bytes(content)
-    proc = _cli("eval", bad)
+    proc = cli("eval", bad)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "ckpt_00000001.pt: not a readable checkpoint" in proc.stderr
-    folder = _cli("eval", tmp_path)
+    folder = cli("eval", tmp_path)
     assert folder.returncode == 2 and "is a folder" in folder.stderr
 
 
@@ -222,7 +217,7 @@ def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
     ("optim.weight_decay=-1", "'optim.weight_decay' must be >= 0"),
 ])
 def test_numbers_out_of_range_are_one_line_errors(tmp_path, override, message):
-    proc = _cli("train", _config_file(tmp_path), "--set", override, "--set", f"train.run_dir={tmp_path / 'run'}")
+    proc = cli("train", _config_file(tmp_path), "--set", override, "--set", f"train.run_dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert message in proc.stderr
     assert not (tmp_path / "run").exists()

@@ -10,7 +10,6 @@ and ``test_the_safety_page_is_this_table`` fails when the page and the cases par
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -28,9 +27,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sepico.cli import main
 from sepico.train.checkpoint import MARKER, RunFolder, atomic_save
 from sepico.train.config import Config
+from tests.helpers import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "safety.md"
@@ -56,17 +55,6 @@ def case(command: str, given: str, outcome: str):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cli(*args) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``sepico ARGS`` run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def refused(code, err, *words, notes=False):
