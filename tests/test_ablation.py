@@ -12,6 +12,7 @@ TINY = ["data.size=32,64", "data.train_length=8", "data.test_length=2", "train.b
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+@pytest.mark.system
 def test_every_variant_writes_a_result_and_a_rerun_skips_them(tmp_path, monkeypatch):
     page = tmp_path / "ablation.md"
     page.write_text("# Ablation\n\nProse.\n\n<!-- generated: ablation-table -->\nold\n<!-- end: ablation-table -->\n")
@@ -87,6 +88,7 @@ def test_paired_comparisons_call_a_finding_only_beyond_the_seed_spread():
     assert [(p["a"], p["b"]) for p in gn].count(("self_training_gn", "self_training")) == 1
 
 
+@pytest.mark.system
 def test_parallel_runs_give_the_results_of_one_at_a_time(tmp_path):
     """--jobs 2: runs in two processes, each with one thread; the same results as one process
     (each run is a pure function of its config and seed), in the plan's order."""

@@ -29,6 +29,7 @@ def _env_without_interpreter():
     return env
 
 
+@pytest.mark.system
 @needs_ptxas
 def test_every_kernel_compiles_without_spills_for_sm80_and_sm90():
     run = subprocess.run([sys.executable, "-m", "kernels.compile_check"], cwd=ROOT,

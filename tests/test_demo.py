@@ -12,6 +12,7 @@ from sepico.train.config import load_config
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+@pytest.mark.system
 def test_two_iteration_demo_writes_summary_and_figures(tmp_path):
     from sepico import demo
 

@@ -11,6 +11,7 @@ from sepico.estimator import ClassDistributionEstimator
 from tests.parity import make_feats, make_labels
 
 C, D, STEPS = 7, 12, 3
+pytestmark = pytest.mark.system  # two processes on loopback
 
 
 def _free_port() -> int:

@@ -10,6 +10,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.system
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: make gpu-check runs for real")
 def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     results = sorted((ROOT / "bench" / "results").iterdir())

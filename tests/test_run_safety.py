@@ -148,6 +148,7 @@ def test_unreadable_checkpoint_files_are_named_in_one_line(tmp_path, content):
     assert folder.returncode == 2 and "is a folder" in folder.stderr
 
 
+@pytest.mark.system
 def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
     """Fault injection: a run is killed with SIGKILL three times (twice while a checkpoint is being
     written, once at a random moment) and resumed each time; it ends where an uninterrupted run

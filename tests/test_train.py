@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kernels
 from sepico.data.transforms import normalize
 from sepico.evaluation import evaluate
 from sepico.train import Trainer, augment
@@ -18,6 +19,7 @@ from sepico.train.config import Config, apply_overrides, from_dict, load_config,
 from sepico.errors import ConfigError
 from sepico.models import build_run_model
 from sepico.train.trainer import lr_factor
+from tests.helpers import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,6 +111,7 @@ def test_resume_is_bit_exact(tmp_path, variant):
     _assert_same(_state(straight), _state(resumed))
 
 
+@pytest.mark.system
 def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
     cfg_file = tmp_path / "tiny.toml"
     cfg_file.write_text(
@@ -222,9 +225,7 @@ def test_learning_rate_schedule():
 def test_bad_configuration_is_one_clear_line(tmp_path, override, message):
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('[train]\nmax_iters = 2\n')
-    proc = subprocess.run([sys.executable, "-m", "sepico.cli", "train", str(cfg_file), "--set", override,
-                           "--set", f"train.run_dir={tmp_path / 'run'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = cli("train", cfg_file, "--set", override, "--set", f"train.run_dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no traceback
     assert message in proc.stderr
@@ -245,8 +246,7 @@ def test_cli_eval_and_info(tmp_path):
     trainer.step()
     ckpt = trainer.save_checkpoint()
     out = tmp_path / "eval.json"
-    proc = subprocess.run([sys.executable, "-m", "sepico.cli", "eval", str(ckpt), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = cli("eval", ckpt, "--out", out)
     assert proc.returncode == 0, proc.stderr
     import json
 
@@ -259,14 +259,13 @@ def test_cli_eval_and_info(tmp_path):
     assert list(result["iou"]) == [CLASS_NAMES[c] for c in trainer.data.eval_classes]
     direct = trainer.evaluate()
     assert result["miou"] == pytest.approx(direct["miou"])
-    info = subprocess.run([sys.executable, "-m", "sepico.cli", "info"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "KERNELS_BACKEND": "torch"})
+    with kernels.backend("torch"):
+        info = cli("info")
     assert info.returncode == 0 and "kernel_backend_requested   torch" in info.stdout
     import sepico
 
     assert f"sepico                     {sepico.__version__}" in info.stdout
-    missing = subprocess.run([sys.executable, "-m", "sepico.cli", "eval", str(tmp_path / "none.pt")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    missing = cli("eval", tmp_path / "none.pt")
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
 
 
