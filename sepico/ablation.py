@@ -303,58 +303,75 @@ def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out="runs/ablation", con
     docs/ablation.md) its 'ablation-table' block becomes the summary table."""
     out, config = Path(out), Path(config)
     runs = plan(seeds, temperatures, quick)
-    total = len(runs) + (0 if quick else len(seeds))
-    results, started, done = [], time.perf_counter(), [0, 0]  # runs seen, runs trained now
-
-    def finished(name):
-        return (out / "runs" / name / "result.json").exists()
-
+    runner = _Runner(config, out, iters, list(overrides), progress, jobs, threads,
+                     total=len(runs) + (0 if quick else len(seeds)))
     # The momentum runs' temperature is chosen later: a seed counts as done if either exists.
     momentum_todo = 0 if quick else sum(
-        not any(finished(Run("distcl_diag_momentum", t, seed).name) for t in temperatures) for seed in seeds)
-
-    def report(run, fresh, todo):
-        done[0] += 1
-        done[1] += fresh
-        elapsed = time.perf_counter() - started
-        left = "?" if not done[1] else f"{elapsed / done[1] * todo / 60:.0f} min"
-        print(f"[ablation] run {done[0]} of {total}: {run.name} {'done' if fresh else 'read back'} "
-              f"(time left about {left})", flush=True)
-
-    def run_batch(batch, later_todo):
-        todo = sum(not finished(r.name) for r in batch) + later_todo
-        if jobs <= 1:
-            for run in batch:
-                fresh = not finished(run.name)
-                results.append(execute(run, config, out, iters, list(overrides), progress))
-                todo -= fresh
-                report(run, fresh, todo)
-            return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_threads,
-                                 initargs=(threads,)) as pool:
-            futures = {pool.submit(execute, run, config, out, iters, list(overrides), False):
-                       (run, not finished(run.name)) for run in batch}
-            by_name = {}
-            for future in as_completed(futures):
-                run, fresh = futures[future]
-                by_name[run.name] = future.result()
-                todo -= fresh
-                report(run, fresh, todo)
-        results.extend(by_name[run.name] for run in batch)  # the plan's order, whatever finished first
-
-    run_batch(runs, momentum_todo)
+        not any(runner.finished(Run("distcl_diag_momentum", t, seed)) for t in temperatures) for seed in seeds)
+    results = runner.train(runs, momentum_todo)
     if not quick:
-        run_batch(momentum_runs(results, seeds, temperatures), 0)
+        results += runner.train(momentum_runs(results, seeds, temperatures))
     summary = summarise(results, out)
     print((out / "table.md").read_text())
     if docs:
         write_block(docs, "ablation-table", (out / "table.md").read_text())
         print(f"wrote the 'ablation-table' block of {docs}")
     return summary
+
+
+@dataclass
+class _Runner:
+    """Trains runs ``jobs`` at a time (each in its own process with ``threads`` torch threads when
+    ``jobs > 1``) and prints a progress line per run, counted over every batch it is given."""
+    config: Path
+    out: Path
+    iters: int | None
+    overrides: list
+    progress: bool
+    jobs: int
+    threads: int
+    total: int
+    started: float = field(default_factory=time.perf_counter)
+    seen: int = 0  # runs trained or read back
+    trained: int = 0  # runs trained by this runner
+
+    def finished(self, run: Run) -> bool:
+        return (self.out / "runs" / run.name / "result.json").exists()
+
+    def _report(self, run, fresh, todo):
+        self.seen += 1
+        self.trained += fresh
+        elapsed = time.perf_counter() - self.started
+        left = "?" if not self.trained else f"{elapsed / self.trained * todo / 60:.0f} min"
+        print(f"[ablation] run {self.seen} of {self.total}: {run.name} {'done' if fresh else 'read back'} "
+              f"(time left about {left})", flush=True)
+
+    def train(self, batch, later_todo=0) -> list[dict]:
+        """The results of ``batch`` in its order; ``later_todo`` runs still to come count in the time left."""
+        todo = sum(not self.finished(r) for r in batch) + later_todo
+        results = []
+        if self.jobs <= 1:
+            for run in batch:
+                fresh = not self.finished(run)
+                results.append(execute(run, self.config, self.out, self.iters, self.overrides, self.progress))
+                todo -= fresh
+                self._report(run, fresh, todo)
+            return results
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=_worker_threads,
+                                 initargs=(self.threads,)) as pool:
+            futures = {pool.submit(execute, run, self.config, self.out, self.iters, self.overrides, False):
+                       (run, not self.finished(run)) for run in batch}
+            by_name = {}
+            for future in as_completed(futures):
+                run, fresh = futures[future]
+                by_name[run.name] = future.result()
+                todo -= fresh
+                self._report(run, fresh, todo)
+        return [by_name[run.name] for run in batch]  # the plan's order, whatever finished first
 
 
 def _worker_threads(threads: int) -> None:
