@@ -60,6 +60,7 @@ COUNTERPARTS = {
                        ("distcl_diag", DEMO_TEMPERATURE)],
     "distcl_diag_earlier_loop": [("distcl_diag", DEMO_TEMPERATURE)],
 }
+LOSS_KEYS = ("loss_cl_src", "loss_cl_tgt")  # the contrastive losses metrics.jsonl logs (weighted)
 MOMENTUM = 0.99  # forgetting variant: the statistics follow about the last 100 batches
 QUICK = ("source_only", "self_training", "target_pass_no_cl", "protocl", "distcl_diag", "self_training_gn",
          "distcl_diag_gn", "distcl_diag_earlier_loop")
@@ -146,9 +147,31 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
     result = {"variant": run.variant, "temperature": run.temperature, "seed": run.seed,
               "momentum": cfg.method.momentum, "iterations": cfg.train.max_iters,
               "miou": ev["miou"], "iou": ev["iou"], "wall_time_s": time.perf_counter() - start,
-              "threads": torch.get_num_threads(), "config": cfg.to_dict()}
+              "threads": torch.get_num_threads(),
+              "contrastive_loss": loss_over_training(run_dir / "metrics.jsonl", cfg.method.contrast_weight),
+              "config": cfg.to_dict()}
     atomic_write(result_file, json.dumps(result, indent=2))
     return result
+
+
+def loss_over_training(metrics: Path, contrast_weight: float) -> dict:
+    """Each contrastive loss (``LOSS_KEYS``) over training: its mean over the first and over the
+    last tenth of the iterations that logged it, divided by ``contrast_weight`` (metrics.jsonl
+    holds the weighted loss), so runs at different weights compare; the regulariser is part of
+    it. Empty at weight 0, where the log holds zeros whatever the loss was."""
+    from sepico.plot import read_metrics
+
+    if contrast_weight == 0:
+        return {}
+    records = read_metrics(metrics)
+    out = {}
+    for key in LOSS_KEYS:
+        values = [r[key] / contrast_weight for r in records
+                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if values:
+            tenth = max(1, len(values) // 10)
+            out[key] = {"first": _mean(values[:tenth]), "last": _mean(values[-tenth:]), "logged": len(values)}
+    return out
 
 
 def _read_result(path: Path) -> dict:
