@@ -189,12 +189,7 @@ def summarise(results, out: Path) -> dict:
     groups = {}
     for r in results:
         groups.setdefault((r["variant"], r["temperature"]), []).append(r)
-    rows = []
-    for (variant, t), rs in groups.items():
-        mious = [r["miou"] for r in rs]
-        rows.append({"variant": variant, "temperature": t, "seeds": [r["seed"] for r in rs],
-                     "miou_mean": _mean(mious), "miou_std": _std(mious), "miou": mious,
-                     "iou_mean": {c: _mean([r["iou"][c] for r in rs]) for c in rs[0]["iou"]}})
+    rows = [{"variant": variant, "temperature": t} | _seed_stats(rs) for (variant, t), rs in groups.items()]
     rows.sort(key=lambda row: -row["miou_mean"])
     best = rows[0] if rows else None
     pairs = comparisons(rows)
@@ -208,6 +203,13 @@ def summarise(results, out: Path) -> dict:
     return summary
 
 
+def _seed_stats(rs) -> dict:
+    """Target mIoU of runs that differ by seed only: per seed, mean and spread; per-class means."""
+    mious = [r["miou"] for r in rs]
+    return {"seeds": [r["seed"] for r in rs], "miou_mean": _mean(mious), "miou_std": _std(mious),
+            "miou": mious, "iou_mean": {c: _mean([r["iou"][c] for r in rs]) for c in rs[0]["iou"]}}
+
+
 def _label(variant, temperature) -> str:
     return variant if temperature is None else f"{variant} T={temperature:g}"
 
@@ -219,9 +221,7 @@ def comparisons(rows) -> list[dict]:
     temperature 0.1 against 100, each contrastive variant against the control that makes the same
     passes with the loss weighted 0, BankCL and DistCL against ProtoCL at the same temperature,
     the forgetting statistics against the same DistCL without, and the GroupNorm and earlier-loop
-    variants against their counterparts (``COUNTERPARTS``).
-    ``finding`` is true only where the mean difference exceeds the seed spread: the standard
-    deviation of the paired differences and of either side's mIoU.
+    variants against their counterparts (``COUNTERPARTS``); ``paired`` tells a finding.
     """
     by = {(row["variant"], row["temperature"]): row for row in rows}
     wanted = []
@@ -240,20 +240,23 @@ def comparisons(rows) -> list[dict]:
             wanted.append((key, ("protocl", t)))  # does anything beyond the class mean help?
         if variant == "distcl_diag_momentum" and ("distcl_diag", t) in by:
             wanted.append((key, ("distcl_diag", t)))
-    pairs = []
-    for a, b in dict.fromkeys(wanted):  # each pair once, in the order asked
-        ra, rb = by[a], by[b]
-        common = sorted(set(ra["seeds"]) & set(rb["seeds"]))
-        if not common:
-            continue
-        da = dict(zip(ra["seeds"], ra["miou"]))
-        db = dict(zip(rb["seeds"], rb["miou"]))
-        diffs = [da[s] - db[s] for s in common]
-        spread = max(_std(diffs), ra["miou_std"], rb["miou_std"])
-        pairs.append({"a": _label(*a), "b": _label(*b), "seeds": common, "diff": diffs,
-                      "diff_mean": _mean(diffs), "diff_std": _std(diffs),
-                      "finding": len(common) > 1 and abs(_mean(diffs)) > spread})
-    return pairs
+    pairs = (paired(by[a], by[b], _label(*a), _label(*b)) for a, b in dict.fromkeys(wanted))  # each once
+    return [p for p in pairs if p]
+
+
+def paired(ra, rb, a: str, b: str) -> dict | None:
+    """Row ``ra`` minus row ``rb`` (labelled ``a`` and ``b``) on their common seeds, None when they
+    share none. ``finding`` is true only where the mean difference exceeds the seed spread: the
+    standard deviation of the paired differences and of either side's mIoU."""
+    common = sorted(set(ra["seeds"]) & set(rb["seeds"]))
+    if not common:
+        return None
+    da = dict(zip(ra["seeds"], ra["miou"]))
+    db = dict(zip(rb["seeds"], rb["miou"]))
+    diffs = [da[s] - db[s] for s in common]
+    spread = max(_std(diffs), ra["miou_std"], rb["miou_std"])
+    return {"a": a, "b": b, "seeds": common, "diff": diffs, "diff_mean": _mean(diffs), "diff_std": _std(diffs),
+            "finding": len(common) > 1 and abs(_mean(diffs)) > spread}
 
 
 def markdown(rows, pairs=()) -> str:
