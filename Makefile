@@ -84,3 +84,12 @@ ablation: env
 
 ablation-quick: env
 	$(VENV)/bin/sepico ablate --quick --jobs $(ABLATION_JOBS) --out runs/ablation-quick
+
+# The contrast-weight sweep (docs/ablation.md, "Contrast-weight sweep"): DistCL diagonal at
+# temperatures 0.1 and 100 and ProtoCL at 0.1 at five weights, the control (weight 0), the published
+# setting and its control, 3 seeds each: 54 runs into runs/ablation-sweep, resumable as the ablation.
+# Writes the 'contrast-weight-sweep' block of docs/ablation.md and docs/ablation/contrast_weight_sweep.*.
+.PHONY: ablation-sweep
+ablation-sweep: env
+	$(VENV)/bin/sepico ablate --sweep method.contrast_weight=0,0.03,0.1,0.3,1,3 --seeds 0 1 2 \
+	  --jobs $(ABLATION_JOBS) --out runs/ablation-sweep --docs docs/ablation.md

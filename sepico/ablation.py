@@ -12,6 +12,11 @@ temperatures with forgetting statistics (estimator momentum). Every run starts f
 the demo's config (``configs/synthetic_demo.toml``) and writes ``<out>/runs/<name>/result.json`` as
 it ends; a rerun skips finished runs and resumes an interrupted one from its last checkpoint.
 ``<out>/summary.json``, ``<out>/table.md`` and two PNGs are rewritten from all results at the end.
+
+``sepico ablate --sweep FIELD=V1,V2,...`` (``sweep``) is a dose-response instead: DistCL diagonal
+at both temperatures and ProtoCL at 0.1 at every value of one field of the contrastive loss (the
+contrast weight, the regulariser weight or the covariance ratio), paired by seed with the control,
+and the published setting with its own control; ``<out>/<field>_sweep.{json,md,png}``.
 """
 from __future__ import annotations
 
@@ -61,9 +66,24 @@ COUNTERPARTS = {
                        ("distcl_diag", DEMO_TEMPERATURE)],
     "distcl_diag_earlier_loop": [("distcl_diag", DEMO_TEMPERATURE)],
 }
+LOSS_KEYS = ("loss_cl_src", "loss_cl_tgt")  # the contrastive losses metrics.jsonl logs (weighted)
 MOMENTUM = 0.99  # forgetting variant: the statistics follow about the last 100 batches
 QUICK = ("source_only", "self_training", "target_pass_no_cl", "protocl", "distcl_diag", "self_training_gn",
          "distcl_diag_gn", "distcl_diag_earlier_loop")
+OUT, SWEEP_OUT = "runs/ablation", "runs/ablation-sweep"  # default folders of the ablation and the sweep
+
+# The dose-response sweep (``sweep``): these runs at every value of one field, paired by seed with
+# the control (``target_pass_no_cl``: the same passes, the contrastive loss weighted 0).
+SWEEP_RUNS = (("distcl_diag", 0.1), ("distcl_diag", 100.0), ("protocl", 0.1))  # (variant, temperature)
+# Fields that only the contrastive loss reads, so that one control pairs with every value.
+SWEEP_FIELDS = ("method.contrast_weight", "method.reg_weight", "method.ratio")
+CONTROL = "target_pass_no_cl"
+# The published setting (design section 6) on the demo's schedule: DistCL diagonal, temperature 100,
+# weight 1, DACS's batch-scalar pseudo weight, the contrastive losses from iteration 3000 of 40,000
+# (the same share of the run); and its own control, the same with the loss weighted 0.
+PUBLISHED = "distcl_diag_published"
+PUBLISHED_CONTROL = "target_pass_no_cl_published"
+PUBLISHED_START = 3000 / 40000
 
 
 @dataclass
@@ -72,11 +92,13 @@ class Run:
     temperature: float | None
     seed: int
     overrides: list = field(default_factory=list)
+    swept: tuple[str, float] | None = None  # (config field, value) of a sweep run
 
     @property
     def name(self) -> str:
         t = "" if self.temperature is None else f"_t{self.temperature:g}"
-        return f"{self.variant}{t}_seed{self.seed}"
+        v = "" if self.swept is None else f"_{self.swept[0].split('.')[1]}{self.swept[1]:g}"
+        return f"{self.variant}{t}{v}_seed{self.seed}"
 
 
 def plan(seeds, temperatures=TEMPERATURES, quick=False) -> list[Run]:
@@ -106,6 +128,48 @@ def best_temperature(results, variant, temperatures):
     means = {t: _mean([r["miou"] for r in results if r["variant"] == variant and r["temperature"] == t])
              for t in temperatures}
     return max(means, key=lambda t: -math.inf if math.isnan(means[t]) else means[t])
+
+
+def parse_sweep(spec: str) -> tuple[str, list[float]]:
+    """``FIELD=V1,V2,...`` (FIELD one of ``SWEEP_FIELDS``, spelled as ``--set`` spells it) as the
+    field and its distinct values in increasing order. Values are > 0 (the plot's axis is
+    logarithmic); the contrast weight may also be 0, which is the control."""
+    key, sep, listed = spec.partition("=")
+    key = key.strip()
+    if key not in SWEEP_FIELDS:
+        full = [f for f in SWEEP_FIELDS if f.split(".")[1] == key]
+        raise ConfigError(f"--sweep takes one of {', '.join(SWEEP_FIELDS)} (the fields only the contrastive "
+                          f"loss reads), got {key!r}" + (f"; did you mean {full[0]}?" if full else ""))
+    try:
+        values = sorted({float(v) for v in listed.split(",")}) if sep else []
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--sweep takes {key}=V1,V2,... (numbers), got {spec!r}")
+    if values[0] < 0 or (values[0] == 0 and key != "method.contrast_weight"):
+        raise ConfigError(f"--sweep values must be > 0 (the plot's axis is logarithmic; a contrast weight of 0 "
+                          f"is the control), got {values[0]:g}")
+    if len({f"{v:g}" for v in values}) < len(values):
+        raise ConfigError(f"--sweep values must differ in their first six digits (they name the runs), got {spec!r}")
+    return key, values
+
+
+def sweep_plan(key: str, values, seeds, max_iters: int) -> list[Run]:
+    """Per seed: the control, ``SWEEP_RUNS`` at every value of ``key`` (contrast weight 0 is the
+    control itself), the published setting and its control; ``max_iters`` places the published start."""
+    published = CONTRASTIVE_RUNS["distcl_diag"] + [
+        "method.temperature=100", "method.pseudo_weight=dacs",
+        f"method.start_distribution_iter={round(PUBLISHED_START * max_iters)}"]
+    runs = []
+    for seed in seeds:
+        runs.append(Run(CONTROL, None, seed, PLAIN[CONTROL]))
+        for variant, t in SWEEP_RUNS:
+            runs += [Run(variant, t, seed, CONTRASTIVE_RUNS[variant] + [f"method.temperature={t}", f"{key}={v!r}"],
+                         swept=(key, v))
+                     for v in values if not (key == "method.contrast_weight" and v == 0)]
+        runs.append(Run(PUBLISHED, 100.0, seed, published + ["method.contrast_weight=1"]))
+        runs.append(Run(PUBLISHED_CONTROL, None, seed, published + ["method.contrast_weight=0"]))
+    return runs
 
 
 def _mean(values):
@@ -149,9 +213,31 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
     result = {"variant": run.variant, "temperature": run.temperature, "seed": run.seed,
               "momentum": cfg.method.momentum, "iterations": cfg.train.max_iters,
               "miou": ev["miou"], "iou": ev["iou"], "wall_time_s": time.perf_counter() - start,
-              "threads": torch.get_num_threads(), "config": cfg.to_dict()}
+              "threads": torch.get_num_threads(),
+              "contrastive_loss": loss_over_training(run_dir / "metrics.jsonl", cfg.method.contrast_weight),
+              "config": cfg.to_dict()}
     atomic_write(result_file, json.dumps(result, indent=2))
     return result
+
+
+def loss_over_training(metrics: Path, contrast_weight: float) -> dict:
+    """Each contrastive loss (``LOSS_KEYS``) over training: its mean over the first and over the
+    last tenth of the iterations that logged it, divided by ``contrast_weight`` (metrics.jsonl
+    holds the weighted loss), so runs at different weights compare; the regulariser is part of
+    it. Empty at weight 0, where the log holds zeros whatever the loss was."""
+    from sepico.plot import read_metrics
+
+    if contrast_weight == 0:
+        return {}
+    records = read_metrics(metrics)
+    out = {}
+    for key in LOSS_KEYS:
+        values = [r[key] / contrast_weight for r in records
+                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if values:
+            tenth = max(1, len(values) // 10)
+            out[key] = {"first": _mean(values[:tenth]), "last": _mean(values[-tenth:]), "logged": len(values)}
+    return out
 
 
 def _read_result(path: Path) -> dict:
@@ -169,12 +255,7 @@ def summarise(results, out: Path) -> dict:
     groups = {}
     for r in results:
         groups.setdefault((r["variant"], r["temperature"]), []).append(r)
-    rows = []
-    for (variant, t), rs in groups.items():
-        mious = [r["miou"] for r in rs]
-        rows.append({"variant": variant, "temperature": t, "seeds": [r["seed"] for r in rs],
-                     "miou_mean": _mean(mious), "miou_std": _std(mious), "miou": mious,
-                     "iou_mean": {c: _mean([r["iou"][c] for r in rs]) for c in rs[0]["iou"]}})
+    rows = [{"variant": variant, "temperature": t} | _seed_stats(rs) for (variant, t), rs in groups.items()]
     rows.sort(key=lambda row: -row["miou_mean"])
     best = rows[0] if rows else None
     pairs = comparisons(rows)
@@ -188,6 +269,13 @@ def summarise(results, out: Path) -> dict:
     return summary
 
 
+def _seed_stats(rs) -> dict:
+    """Target mIoU of runs that differ by seed only: per seed, mean and spread; per-class means."""
+    mious = [r["miou"] for r in rs]
+    return {"seeds": [r["seed"] for r in rs], "miou_mean": _mean(mious), "miou_std": _std(mious),
+            "miou": mious, "iou_mean": {c: _mean([r["iou"][c] for r in rs]) for c in rs[0]["iou"]}}
+
+
 def _label(variant, temperature) -> str:
     return variant if temperature is None else f"{variant} T={temperature:g}"
 
@@ -199,9 +287,7 @@ def comparisons(rows) -> list[dict]:
     temperature 0.1 against 100, each contrastive variant against the control that makes the same
     passes with the loss weighted 0, BankCL and DistCL against ProtoCL at the same temperature,
     the forgetting statistics against the same DistCL without, and the GroupNorm and earlier-loop
-    variants against their counterparts (``COUNTERPARTS``).
-    ``finding`` is true only where the mean difference exceeds the seed spread: the standard
-    deviation of the paired differences and of either side's mIoU.
+    variants against their counterparts (``COUNTERPARTS``); ``paired`` tells a finding.
     """
     by = {(row["variant"], row["temperature"]): row for row in rows}
     wanted = []
@@ -220,20 +306,23 @@ def comparisons(rows) -> list[dict]:
             wanted.append((key, ("protocl", t)))  # does anything beyond the class mean help?
         if variant == "distcl_diag_momentum" and ("distcl_diag", t) in by:
             wanted.append((key, ("distcl_diag", t)))
-    pairs = []
-    for a, b in dict.fromkeys(wanted):  # each pair once, in the order asked
-        ra, rb = by[a], by[b]
-        common = sorted(set(ra["seeds"]) & set(rb["seeds"]))
-        if not common:
-            continue
-        da = dict(zip(ra["seeds"], ra["miou"]))
-        db = dict(zip(rb["seeds"], rb["miou"]))
-        diffs = [da[s] - db[s] for s in common]
-        spread = max(_std(diffs), ra["miou_std"], rb["miou_std"])
-        pairs.append({"a": _label(*a), "b": _label(*b), "seeds": common, "diff": diffs,
-                      "diff_mean": _mean(diffs), "diff_std": _std(diffs),
-                      "finding": len(common) > 1 and abs(_mean(diffs)) > spread})
-    return pairs
+    pairs = (paired(by[a], by[b], _label(*a), _label(*b)) for a, b in dict.fromkeys(wanted))  # each once
+    return [p for p in pairs if p]
+
+
+def paired(ra, rb, a: str, b: str) -> dict | None:
+    """Row ``ra`` minus row ``rb`` (labelled ``a`` and ``b``) on their common seeds, None when they
+    share none. ``finding`` is true only where the mean difference exceeds the seed spread: the
+    standard deviation of the paired differences and of either side's mIoU."""
+    common = sorted(set(ra["seeds"]) & set(rb["seeds"]))
+    if not common:
+        return None
+    da = dict(zip(ra["seeds"], ra["miou"]))
+    db = dict(zip(rb["seeds"], rb["miou"]))
+    diffs = [da[s] - db[s] for s in common]
+    spread = max(_std(diffs), ra["miou_std"], rb["miou_std"])
+    return {"a": a, "b": b, "seeds": common, "diff": diffs, "diff_mean": _mean(diffs), "diff_std": _std(diffs),
+            "finding": len(common) > 1 and abs(_mean(diffs)) > spread}
 
 
 def markdown(rows, pairs=()) -> str:
@@ -299,65 +388,258 @@ def _plots(rows, out: Path) -> None:
     plt.close(fig)
 
 
-def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out="runs/ablation", config=DEFAULT_CONFIG,
+def summarise_sweep(results, key: str, out: Path, *, wall_time_s: float, trained: int, jobs: int) -> dict:
+    """``<out>/<field>_sweep.{json,md,png}`` from the sweep's runs. Per group of runs that differ by
+    seed only (variant, temperature, value of ``key``): target mIoU over the seeds, the paired
+    difference to its control (``paired``: the control for the sweep's runs, the published
+    setting's own control for it) and the contrastive losses over training; the best group; the
+    training time summed over the runs and this command's wall time (``trained`` runs trained by it)."""
+    section, name = key.split(".")
+    groups = {}
+    for r in results:
+        groups.setdefault((r["variant"], r["temperature"], r["config"][section][name]), []).append(r)
+    rows = [{"variant": v, "temperature": t, "value": x, "label": _sweep_label(v, t, x, name)} | _seed_stats(rs)
+            | {"contrastive_loss": _mean_loss(rs)} for (v, t, x), rs in groups.items()]
+    order = [(CONTROL, None), *SWEEP_RUNS, (PUBLISHED, 100.0), (PUBLISHED_CONTROL, None)]
+    rows.sort(key=lambda row: (order.index((row["variant"], row["temperature"])), row["value"]))
+    control, published_control = (next(r for r in rows if r["variant"] == v) for v in (CONTROL, PUBLISHED_CONTROL))
+    published = next(r for r in rows if r["variant"] == PUBLISHED)
+    swept = [r for r in rows if (r["variant"], r["temperature"]) in SWEEP_RUNS]
+    for row, base in [(r, control) for r in swept] + [(published, published_control)]:
+        row["vs_control"] = paired(row, base, row["label"], base["label"])
+    best = max(swept, key=lambda row: row["miou_mean"])
+    summary = {"field": key, "values": sorted({r["value"] for r in swept}), "rows": rows, "best": best["label"],
+               "published_value": published["value"], "runs": len(results), "runs_trained": trained,
+               "run_time_s": sum(r["wall_time_s"] for r in results), "wall_time_s": wall_time_s, "jobs": jobs}
+    stem = f"{name}_sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / f"{stem}.json", json.dumps(summary, indent=2))
+    atomic_write(out / f"{stem}.md", sweep_markdown(summary))
+    _sweep_plot(summary, out / f"{stem}.png")
+    return summary
+
+
+def _sweep_label(variant, temperature, value, name) -> str:
+    swept = (variant, temperature) in SWEEP_RUNS
+    return f"{_label(variant, temperature)} {name}={value:g}" if swept else _label(variant, temperature)
+
+
+def _mean_loss(rs) -> dict:
+    """Each contrastive loss's first and last tenth (``loss_over_training``), mean over the runs that logged it."""
+    out = {}
+    for key in LOSS_KEYS:
+        logged = [r["contrastive_loss"][key] for r in rs if key in r.get("contrastive_loss", {})]
+        if logged:
+            out[key] = {when: _mean([loss[when] for loss in logged]) for when in ("first", "last")}
+    return out
+
+
+def sweep_markdown(summary) -> str:
+    from sepico.data.cityscapes import CLASS_NAMES
+
+    name = summary["field"].split(".")[1]
+    rows = summary["rows"]
+    lines = ["Target test mIoU (%) over the seeds, and its paired difference on the same seeds to the control "
+             "(the same passes with the contrastive loss weighted 0; for the published setting, its own "
+             "control). A finding only where the mean difference exceeds the seed spread (std of the "
+             "differences and of either side). Losses: the contrastive loss divided by its weight (the "
+             "regulariser included), mean over the first -> the last tenth of the iterations that logged it; "
+             "'-' at weight 0, whose log holds zeros.", "",
+             f"| run | temperature | {name} | target mIoU (mean ± std) | - control (mean ± std) | finding | seeds "
+             "| source loss | target loss |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        t = "-" if row["temperature"] is None else f"{row['temperature']:g}"
+        vs = row.get("vs_control")
+        diff = f"{vs['diff_mean']:+.1f} ± {vs['diff_std']:.1f} | {'yes' if vs['finding'] else 'no'}" if vs else "- | -"
+        losses = " | ".join(_loss_cell(row["contrastive_loss"].get(key)) for key in LOSS_KEYS)
+        lines.append(f"| {row['variant']} | {t} | {row['value']:g} | {row['miou_mean']:.1f} ± {row['miou_std']:.1f} "
+                     f"| {diff} | {len(row['seeds'])} | {losses} |")
+    by_label = {row["label"]: row for row in rows}
+    at_published = [row["label"] for row in rows if (row["variant"], row["temperature"]) in SWEEP_RUNS
+                    and row["value"] == summary["published_value"]]
+    columns = list(dict.fromkeys([rows[0]["label"], summary["best"], *at_published,
+                                  next(row["label"] for row in rows if row["variant"] == PUBLISHED)]))
+    lines += ["", f"Per-class target IoU (%), mean over the seeds: the control, the best run "
+              f"({summary['best']}), the runs at the published {name} ({summary['published_value']:g}) and the "
+              "published setting.", "", "| class | " + " | ".join(columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for c in rows[0]["iou_mean"]:
+        lines.append(f"| {CLASS_NAMES[int(c)]} | " + " | ".join(f"{by_label[k]['iou_mean'][c]:.1f}" for k in columns)
+                     + " |")
+    lines += ["", f"{summary['runs']} runs; training time summed over the runs {summary['run_time_s'] / 60:.0f} min; "
+              f"wall time of this command {summary['wall_time_s'] / 60:.0f} min with --jobs {summary['jobs']} "
+              f"({summary['runs_trained']} runs trained by it, {summary['runs'] - summary['runs_trained']} read back)."]
+    return "\n".join(lines) + "\n"
+
+
+def _loss_cell(loss) -> str:
+    return "-" if loss is None else f"{loss['first']:.3f} -> {loss['last']:.3f}"
+
+
+def _sweep_plot(summary, path: Path) -> None:
+    """Four panels against the swept value on a log axis: target mIoU (the control, whose weight 0
+    has no place on the axis, as a band: mean ± std), the paired difference to the control, and
+    the source and target contrastive losses (divided by the weight) over the first and the last
+    tenth of training. The published setting is a star at its own value."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    name = summary["field"].split(".")[1]
+    rows = summary["rows"]
+    fig = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    (miou, diff), (src, tgt) = fig.subplots(2, 2, sharex=True)
+    control = rows[0]
+    miou.axhspan(control["miou_mean"] - control["miou_std"], control["miou_mean"] + control["miou_std"],
+                 color="0.85", label="control (weight 0, no place on the log axis): mean ± std")
+    miou.axhline(control["miou_mean"], color="0.5", lw=1)
+    diff.axhline(0.0, color="0.5", lw=1)
+    published = [row for row in rows if row["variant"] == PUBLISHED]
+    series = [(_label(*kind), [r for r in rows if (r["variant"], r["temperature"]) == kind], colour, "o")
+              for kind, colour in zip(SWEEP_RUNS, ("tab:blue", "tab:orange", "tab:green"))]
+    series.append(("published setting (T=100, DACS pseudo weight, start at 3000/40000)", published, "tab:red", "*"))
+    for k, (label, group, colour, marker) in enumerate(series):
+        xs = [r["value"] * 10 ** (0.015 * (k - 1.5)) for r in group]  # side by side on the log axis
+        size = 11 if marker == "*" else 5
+        style = {"color": colour, "marker": marker, "ms": size, "capsize": 3, "ls": "none" if marker == "*" else "-"}
+        miou.errorbar(xs, [r["miou_mean"] for r in group], yerr=[r["miou_std"] for r in group], label=label,
+                      **style)
+        for x, r in zip(xs, group):  # every seed as a dot
+            miou.plot([x] * len(r["miou"]), r["miou"], ".", color=colour, alpha=0.4)
+        diff.errorbar(xs, [r["vs_control"]["diff_mean"] for r in group],
+                      yerr=[r["vs_control"]["diff_std"] for r in group], **style)
+        for ax, key in ((src, "loss_cl_src"), (tgt, "loss_cl_tgt")):
+            logged = [(x, r["contrastive_loss"][key]) for x, r in zip(xs, group) if key in r["contrastive_loss"]]
+            for when, ls, fill in (("first", "--", "none"), ("last", "-", colour)):
+                ax.plot([x for x, _ in logged], [loss[when] for _, loss in logged], color=colour, marker=marker,
+                        ms=size, mfc=fill, ls="none" if marker == "*" else ls, label=f"{label}, {when} tenth")
+    miou.set_title("target test mIoU (%): mean ± std over seeds, dots: seeds", loc="left", fontsize=10)
+    diff.set_title("paired difference to the control on the same seeds: mean ± std", loc="left", fontsize=10)
+    src.set_title("source contrastive loss / weight: first (dashed, open) and last (solid) tenth",
+                  loc="left", fontsize=10)
+    tgt.set_title("target contrastive loss / weight: first (dashed, open) and last (solid) tenth",
+                  loc="left", fontsize=10)
+    values = sorted({r["value"] for r in rows if r["value"] > 0})
+    for ax in (miou, diff, src, tgt):
+        ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    for ax in (src, tgt):
+        ax.set_xlabel(f"{summary['field']} (log axis)")
+    miou.legend(fontsize=7)
+    src.legend(fontsize=6, ncol=2)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+
+
+def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out=OUT, config=DEFAULT_CONFIG,
            overrides=(), progress=True, temperatures=TEMPERATURES, jobs=1, threads=1, docs=None) -> dict:
     """Every run of the plan (``jobs`` at a time, each in its own process with ``threads`` torch
     threads when ``jobs > 1``), then the momentum runs, then the summary; with ``docs`` (a page,
     docs/ablation.md) its 'ablation-table' block becomes the summary table."""
     out, config = Path(out), Path(config)
     runs = plan(seeds, temperatures, quick)
-    total = len(runs) + (0 if quick else len(seeds))
-    results, started, done = [], time.perf_counter(), [0, 0]  # runs seen, runs trained now
-
-    def finished(name):
-        return (out / "runs" / name / "result.json").exists()
-
+    runner = _Runner(config, out, iters, list(overrides), progress, jobs, threads,
+                     total=len(runs) + (0 if quick else len(seeds)))
     # The momentum runs' temperature is chosen later: a seed counts as done if either exists.
     momentum_todo = 0 if quick else sum(
-        not any(finished(Run("distcl_diag_momentum", t, seed).name) for t in temperatures) for seed in seeds)
-
-    def report(run, fresh, todo):
-        done[0] += 1
-        done[1] += fresh
-        elapsed = time.perf_counter() - started
-        left = "?" if not done[1] else f"{elapsed / done[1] * todo / 60:.0f} min"
-        print(f"[ablation] run {done[0]} of {total}: {run.name} {'done' if fresh else 'read back'} "
-              f"(time left about {left})", flush=True)
-
-    def run_batch(batch, later_todo):
-        todo = sum(not finished(r.name) for r in batch) + later_todo
-        if jobs <= 1:
-            for run in batch:
-                fresh = not finished(run.name)
-                results.append(execute(run, config, out, iters, list(overrides), progress))
-                todo -= fresh
-                report(run, fresh, todo)
-            return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_threads,
-                                 initargs=(threads,)) as pool:
-            futures = {pool.submit(execute, run, config, out, iters, list(overrides), False):
-                       (run, not finished(run.name)) for run in batch}
-            by_name = {}
-            for future in as_completed(futures):
-                run, fresh = futures[future]
-                by_name[run.name] = future.result()
-                todo -= fresh
-                report(run, fresh, todo)
-        results.extend(by_name[run.name] for run in batch)  # the plan's order, whatever finished first
-
-    run_batch(runs, momentum_todo)
+        not any(runner.finished(Run("distcl_diag_momentum", t, seed)) for t in temperatures) for seed in seeds)
+    results = runner.train(runs, momentum_todo)
     if not quick:
-        run_batch(momentum_runs(results, seeds, temperatures), 0)
+        results += runner.train(momentum_runs(results, seeds, temperatures))
     summary = summarise(results, out)
     print((out / "table.md").read_text())
     if docs:
         write_block(docs, "ablation-table", (out / "table.md").read_text())
         print(f"wrote the 'ablation-table' block of {docs}")
     return summary
+
+
+def sweep(spec: str, *, seeds=(0, 1, 2), iters=None, out=SWEEP_OUT, config=DEFAULT_CONFIG, overrides=(),
+          progress=True, jobs=1, threads=1, docs=None) -> dict:
+    """The dose-response of one field of the contrastive loss, ``spec`` = ``FIELD=V1,V2,...``
+    (``parse_sweep``): the runs of ``sweep_plan``, ``jobs`` at a time as in ``ablate``, resumable
+    in the same way, then ``summarise_sweep``. With ``docs`` (a page, docs/ablation.md) its
+    '<field>-sweep' block (``contrast-weight-sweep``) becomes the table and the plot, and the
+    sweep's three files are copied to the page's folder/ablation/."""
+    from sepico.train import load_config
+
+    key, values = parse_sweep(spec)
+    out, config = Path(out), Path(config)
+    max_iters = iters or load_config(config, list(overrides)).train.max_iters
+    runs = sweep_plan(key, values, seeds, max_iters)
+    runner = _Runner(config, out, iters, list(overrides), progress, jobs, threads, total=len(runs))
+    results = runner.train(runs)
+    summary = summarise_sweep(results, key, out, wall_time_s=time.perf_counter() - runner.started,
+                              trained=runner.trained, jobs=jobs)
+    stem = f"{key.split('.')[1]}_sweep"
+    table = (out / f"{stem}.md").read_text()
+    print(table)
+    if docs:
+        folder = Path(docs).parent / "ablation"
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix in (".json", ".md", ".png"):
+            atomic_write(folder / (stem + suffix), (out / (stem + suffix)).read_bytes())
+        block = stem.replace("_", "-")
+        write_block(docs, block, table + f"\n![{key} sweep: target mIoU, paired difference to the control, "
+                    f"contrastive losses over training](ablation/{stem}.png)\n")
+        print(f"wrote the '{block}' block of {docs} and {folder}/{stem}.{{json,md,png}}")
+    return summary
+
+
+@dataclass
+class _Runner:
+    """Trains runs ``jobs`` at a time (each in its own process with ``threads`` torch threads when
+    ``jobs > 1``) and prints a progress line per run, counted over every batch it is given."""
+    config: Path
+    out: Path
+    iters: int | None
+    overrides: list
+    progress: bool
+    jobs: int
+    threads: int
+    total: int
+    started: float = field(default_factory=time.perf_counter)
+    seen: int = 0  # runs trained or read back
+    trained: int = 0  # runs trained by this runner
+
+    def finished(self, run: Run) -> bool:
+        return (self.out / "runs" / run.name / "result.json").exists()
+
+    def _report(self, run, fresh, todo):
+        self.seen += 1
+        self.trained += fresh
+        elapsed = time.perf_counter() - self.started
+        left = "?" if not self.trained else f"{elapsed / self.trained * todo / 60:.0f} min"
+        print(f"[ablation] run {self.seen} of {self.total}: {run.name} {'done' if fresh else 'read back'} "
+              f"(time left about {left})", flush=True)
+
+    def train(self, batch, later_todo=0) -> list[dict]:
+        """The results of ``batch`` in its order; ``later_todo`` runs still to come count in the time left."""
+        todo = sum(not self.finished(r) for r in batch) + later_todo
+        results = []
+        if self.jobs <= 1:
+            for run in batch:
+                fresh = not self.finished(run)
+                results.append(execute(run, self.config, self.out, self.iters, self.overrides, self.progress))
+                todo -= fresh
+                self._report(run, fresh, todo)
+            return results
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=_worker_threads,
+                                 initargs=(self.threads,)) as pool:
+            futures = {pool.submit(execute, run, self.config, self.out, self.iters, self.overrides, False):
+                       (run, not self.finished(run)) for run in batch}
+            by_name = {}
+            for future in as_completed(futures):
+                run, fresh = futures[future]
+                by_name[run.name] = future.result()
+                todo -= fresh
+                self._report(run, fresh, todo)
+        return [by_name[run.name] for run in batch]  # the plan's order, whatever finished first
 
 
 def _worker_threads(threads: int) -> None:
@@ -370,8 +652,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of every variant")
     p.add_argument("--quick", action="store_true", help="one seed of the main variants")
     p.add_argument("--iters", type=int, default=None, help="iterations per run (default: the config's)")
-    p.add_argument("--out", default="runs/ablation", help="folder of the runs and the summary (a rerun reads "
-                   "the finished runs back; runs of other settings are refused)")
+    p.add_argument("--out", help=f"folder of the runs and the summary (default {OUT}, with --sweep {SWEEP_OUT}; "
+                   "a rerun reads the finished runs back; runs of other settings are refused)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the TOML config every run starts from "
                    "(default: the demo's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -381,7 +663,14 @@ def add_arguments(p) -> None:
                    help="torch CPU threads per run (default 1, as the demo: the model is small)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process (default 1; one per core is a good choice)")
-    p.add_argument("--docs", metavar="PAGE", help="also rewrite the 'ablation-table' block of this page")
+    p.add_argument("--sweep", metavar="FIELD=V1,V2,...",
+                   help="instead of the ablation, a dose-response: DistCL diagonal at temperatures 0.1 and 100 "
+                   "and ProtoCL at 0.1 at every value of FIELD (one of " + ", ".join(SWEEP_FIELDS) + "), the "
+                   "control (weight 0), the published setting and its control, every seed; e.g. "
+                   "method.contrast_weight=0,0.03,0.1,0.3,1,3")
+    p.add_argument("--docs", metavar="PAGE", help="also rewrite the 'ablation-table' block of this page (with "
+                   "--sweep: the sweep's block, 'contrast-weight-sweep' for method.contrast_weight, and copy the "
+                   "sweep's table, summary and plot to PAGE's folder/ablation/)")
 
 
 def run_from_args(args) -> int:
@@ -391,7 +680,13 @@ def run_from_args(args) -> int:
     seeds = args.seeds[:1] if args.quick else args.seeds
     if args.jobs < 1 or args.threads < 1:
         raise ConfigError("--jobs and --threads must be >= 1")
-    ablate(seeds=seeds, quick=args.quick, iters=args.iters, out=args.out, config=args.config,
-           overrides=args.overrides, progress=not args.no_progress and args.jobs == 1, jobs=args.jobs,
-           threads=args.threads, docs=args.docs)
+    common = dict(seeds=seeds, iters=args.iters, config=args.config, overrides=args.overrides,
+                  progress=not args.no_progress and args.jobs == 1, jobs=args.jobs, threads=args.threads,
+                  docs=args.docs)
+    if args.sweep:
+        if args.quick:
+            raise ConfigError("--quick is the ablation's; a sweep of one seed is --seeds 0")
+        sweep(args.sweep, out=args.out or SWEEP_OUT, **common)
+    else:
+        ablate(quick=args.quick, out=args.out or OUT, **common)
     return 0

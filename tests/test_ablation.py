@@ -1,9 +1,11 @@
 """The ablation driver: every variant runs, results are written per run, a rerun skips them."""
 import json
+from pathlib import Path
 
 import pytest
 
 from sepico import ablation
+from sepico.errors import ConfigError
 
 TINY = ["data.size=32,64", "data.train_length=8", "data.test_length=2", "train.batch_size=2",
         "train.log_interval=1"]
@@ -98,3 +100,135 @@ def test_parallel_runs_give_the_results_of_one_at_a_time(tmp_path):
     assert [(r["variant"], r["temperature"], r["miou"]) for r in one["rows"]] == \
         [(r["variant"], r["temperature"], r["miou"]) for r in two["rows"]]
     assert len(list((tmp_path / "two" / "runs").glob("*/result.json"))) == len(ablation.plan([0], quick=True))
+
+
+# --------------------------------------------------------------------------- the dose-response sweep
+SWEEP = "method.contrast_weight=0,0.03,0.1,0.3,1,3"  # the Makefile's ablation-sweep
+
+
+def test_sweep_plan_names_every_run_once_and_each_run_gets_its_settings():
+    from sepico.train import load_config
+
+    key, values = ablation.parse_sweep("method.contrast_weight=3,0.03,1,0,0.3,0.1,1")
+    assert (key, values) == ablation.parse_sweep(SWEEP) == ("method.contrast_weight", [0.0, 0.03, 0.1, 0.3, 1.0, 3.0])
+    runs = ablation.sweep_plan(key, values, [0, 1, 2], max_iters=1000)
+    names = [r.name for r in runs]
+    # per seed: the control, 3 variants x 5 weights (weight 0 is the control), the published setting and its control
+    assert len(set(names)) == len(names) == 3 * (1 + 3 * 5 + 2)
+    assert {"target_pass_no_cl_seed2", "distcl_diag_t0.1_contrast_weight0.03_seed0",
+            "distcl_diag_t100_contrast_weight3_seed1", "protocl_t0.1_contrast_weight1_seed0",
+            "distcl_diag_published_t100_seed0", "target_pass_no_cl_published_seed0"} <= set(names)
+    assert not any("contrast_weight0_" in name for name in names)
+    for run in runs:
+        m = load_config(ablation.DEFAULT_CONFIG, run.overrides).method
+        if run.variant in (ablation.CONTROL, ablation.PUBLISHED_CONTROL):
+            assert (m.variant, m.contrast_weight) == ("dist", 0.0)
+        elif run.variant == ablation.PUBLISHED:
+            assert (m.variant, m.covariance, m.temperature, m.contrast_weight) == ("dist", "diag", 100.0, 1.0)
+        else:
+            assert (run.variant, m.temperature) in ablation.SWEEP_RUNS and m.contrast_weight == run.swept[1]
+        published = run.variant.endswith("_published")
+        assert (m.pseudo_weight, m.start_distribution_iter) == (("dacs", 75) if published else ("pixel", 0))
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("contrast_weight=0,1", "did you mean method.contrast_weight?"),
+    ("method.temperature=0.1,100", "--sweep takes one of method.contrast_weight, method.reg_weight, method.ratio"),
+    ("method.contrast_weight", "numbers"),
+    ("method.ratio=0.5,x", "numbers"),
+    ("method.ratio=inf", "numbers"),
+    ("method.contrast_weight=-1,1", "must be > 0"),
+    ("method.reg_weight=0,1", "must be > 0"),
+    ("method.contrast_weight=0.1,0.1000001", "six digits"),
+])
+def test_a_sweep_it_cannot_run_is_one_line(spec, says):
+    with pytest.raises(ConfigError) as err:
+        ablation.parse_sweep(spec)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sweep_and_quick_do_not_combine(capsys):
+    from sepico.cli import main
+
+    assert main(["ablate", "--sweep", SWEEP, "--quick"]) == 2
+    assert "--quick is the ablation's" in capsys.readouterr().err
+
+
+def _result(variant, temperature, weight, seed, miou, loss=None):
+    return {"variant": variant, "temperature": temperature, "seed": seed, "miou": miou,
+            "iou": {"0": miou + 10, "8": miou - 10}, "wall_time_s": 10.0,
+            "config": {"method": {"contrast_weight": weight}},
+            "contrastive_loss": {} if loss is None else {"loss_cl_src": {"first": loss, "last": loss / 2, "logged": 40}}}
+
+
+def test_sweep_summary_calls_a_finding_only_beyond_the_seed_spread(tmp_path):
+    results = []
+    for seed, control in enumerate([50.0, 55.0, 60.0]):
+        results += [_result("target_pass_no_cl", None, 0.0, seed, control),
+                    _result("distcl_diag", 0.1, 1.0, seed, control + 10 + seed, 0.8),  # +11 ± 1, spread 6: yes
+                    _result("distcl_diag", 100.0, 1.0, seed, control + 1, 2.0),       # +1 ± 0, spread 5: no
+                    _result("protocl", 0.1, 1.0, seed, control - 2 * seed, 0.4),
+                    _result("protocl", 0.1, 0.1, seed, control, 0.5),
+                    _result(ablation.PUBLISHED, 100.0, 1.0, seed, control + 2, 1.9),
+                    _result(ablation.PUBLISHED_CONTROL, None, 0.0, seed, control)]
+    summary = ablation.summarise_sweep(results, "method.contrast_weight", tmp_path, wall_time_s=90.0, trained=21,
+                                       jobs=2)
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert [row["label"] for row in summary["rows"]][0] == "target_pass_no_cl"
+    gain = rows["distcl_diag T=0.1 contrast_weight=1"]["vs_control"]
+    assert gain["diff"] == [10.0, 11.0, 12.0] and gain["finding"]
+    assert not rows["distcl_diag T=100 contrast_weight=1"]["vs_control"]["finding"]
+    assert rows["distcl_diag_published T=100"]["vs_control"]["b"] == ablation.PUBLISHED_CONTROL
+    assert summary["best"] == "distcl_diag T=0.1 contrast_weight=1" and summary["values"] == [0.1, 1.0]
+    assert (summary["run_time_s"], summary["wall_time_s"]) == (210.0, 90.0)
+    table = (tmp_path / "contrast_weight_sweep.md").read_text()
+    assert "| distcl_diag | 0.1 | 1 | 66.0 ± 6.0 | +11.0 ± 1.0 | yes | 3 | 0.800 -> 0.400 | - |" in table
+    assert "| target_pass_no_cl | - | 0 | 55.0 ± 5.0 | - | - | 3 | - | - |" in table
+    # Per class: the control, the best (also one of the three at the published weight 1), the others, published.
+    assert ("| class | target_pass_no_cl | distcl_diag T=0.1 contrast_weight=1 | distcl_diag T=100 contrast_weight=1 "
+            "| protocl T=0.1 contrast_weight=1 | distcl_diag_published T=100 |\n|---|---|---|---|---|---|\n"
+            "| road | 65.0 | 76.0 | 66.0 | 63.0 | 67.0 |") in table
+    assert "21 runs; training time summed over the runs 4 min; wall time of this command 2 min with --jobs 2" in table
+    assert json.loads((tmp_path / "contrast_weight_sweep.json").read_text())["rows"][1]["contrastive_loss"] == \
+        {"loss_cl_src": {"first": pytest.approx(0.8), "last": pytest.approx(0.4)}}
+    assert (tmp_path / "contrast_weight_sweep.png").stat().st_size > 0
+
+
+def test_sweep_writes_results_and_a_docs_block_and_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch, capsys):
+    from sepico.pages import read_block
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = docs / "ablation.md"
+    original = (Path(__file__).resolve().parents[1] / "docs" / "ablation.md").read_text()
+    page.write_text(original)
+    out = tmp_path / "sweep"
+    summary = ablation.sweep("method.contrast_weight=0,1", seeds=[0], iters=2, out=out, overrides=TINY,
+                             progress=False, docs=page)
+    results = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")}
+    assert set(results) == {r.name for r in ablation.sweep_plan("method.contrast_weight", [0.0, 1.0], [0], 2)}
+    assert results["distcl_diag_t0.1_contrast_weight1_seed0"]["contrastive_loss"]["loss_cl_src"]["logged"] == 2
+    assert results[f"{ablation.CONTROL}_seed0"]["contrastive_loss"] == {}  # weight 0 logs zeros
+    assert summary["runs"] == summary["runs_trained"] == 6 and summary["run_time_s"] > 0
+    # The page keeps its prose and the ablation's block; the sweep's block is the table and the plot beside it.
+    assert _outside_block(page.read_text(), "contrast-weight-sweep") == _outside_block(original, "contrast-weight-sweep")
+    block = read_block(page, "contrast-weight-sweep")
+    assert block.startswith((out / "contrast_weight_sweep.md").read_text().strip())
+    assert block.endswith("(ablation/contrast_weight_sweep.png)")
+    for suffix in (".json", ".md", ".png"):
+        assert (docs / "ablation" / f"contrast_weight_sweep{suffix}").read_bytes() == \
+            (out / f"contrast_weight_sweep{suffix}").read_bytes()
+
+    # An interrupted sweep: one run lost its result. A rerun trains that run only and reads the others back.
+    (out / "runs" / "protocl_t0.1_contrast_weight1_seed0" / "result.json").unlink()
+    capsys.readouterr()
+    again = ablation.sweep("method.contrast_weight=0,1", seeds=[0], iters=2, out=out, overrides=TINY,
+                           progress=False)
+    trained = [line.split()[5] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("[ablation]") and " done " in line]
+    assert trained == ["protocl_t0.1_contrast_weight1_seed0"] and (again["runs"], again["runs_trained"]) == (6, 1)
+
+
+def _outside_block(text: str, name: str) -> str:
+    begin, end = f"<!-- generated: {name} -->", f"<!-- end: {name} -->"
+    return (text.split(begin)[0] + text.split(end)[-1] if begin in text else text).strip()
