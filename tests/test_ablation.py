@@ -194,6 +194,7 @@ def test_sweep_summary_calls_a_finding_only_beyond_the_seed_spread(tmp_path):
     assert (tmp_path / "contrast_weight_sweep.png").stat().st_size > 0
 
 
+@pytest.mark.system
 def test_sweep_writes_results_and_a_docs_block_and_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch, capsys):
     from sepico.pages import read_block
 
