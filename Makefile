@@ -15,14 +15,20 @@ env: $(VPY)
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q $(TORCH_SPEC)
 	$(VPY) -m pip install -q -e ".[test]"
 
-# make test: the fast tier (every test but the system ones); make test-system: the system tests
-# (ahead-of-time compilation, the GPU-check dry run, killed and side-by-side processes, demo and
-# ablation runs). .ci/run runs both. Each prints its wall time.
-PYTEST = TRITON_INTERPRET=1 TRITON_DEFAULT_FP_FUSION=1 KERNELS_POISON=1 $(VPY) -m pytest -q --durations=15
+# make test: the fast tier (every test but the system ones), in two interleaved parts side by side
+# (one process per core, one torch thread each; the first part's output follows the second's);
+# make test-system: the system tests (ahead-of-time compilation, the GPU-check dry run, killed and
+# side-by-side processes, full runs that resume bit for bit, demo and ablation runs, the heaviest
+# parity cases). .ci/run runs both. Each prints its wall time.
+PYTEST = TRITON_INTERPRET=1 TRITON_DEFAULT_FP_FUSION=1 KERNELS_POISON=1 $(VPY) -m pytest -q --durations=10
+TEST_LOG := $(VENV)/test-part-0.log
 
 test: env
-	@start=$$(date +%s); $(PYTEST) -m "not system" tests; status=$$?; \
-	  echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
+	@start=$$(date +%s); \
+	  OMP_NUM_THREADS=1 $(PYTEST) -m "not system" --shard 0/2 tests > $(TEST_LOG) 2>&1 & first=$$!; \
+	  OMP_NUM_THREADS=1 $(PYTEST) -m "not system" --shard 1/2 tests; second=$$?; \
+	  wait $$first; status=$$?; echo "--- the other part:"; cat $(TEST_LOG); \
+	  echo "make test: $$(( $$(date +%s) - start )) s"; [ $$status -eq 0 ] && [ $$second -eq 0 ]
 
 test-system: env
 	@start=$$(date +%s); $(PYTEST) -m system tests; status=$$?; \

@@ -30,3 +30,29 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("largest relative error vs float64 (max-norm), by quantity and input dtype")
     for (what, dtype), err in sorted(LARGEST.items()):
         terminalreporter.write_line(f"{what:<28} {dtype:<9} {err:.2e}")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shard", metavar="K/N", default=None,
+                     help="run the K-th (0-based) of N interleaved parts of the selected tests (make test runs "
+                          "two at once, one per core)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """With --shard K/N keep every N-th selected test from the K-th on: N processes side by side
+    run every test once, each part a mix of fast and slow ones."""
+    shard = config.getoption("--shard")
+    if not shard:
+        return
+    try:
+        k, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard takes K/N (two integers), got {shard!r}") from None
+    if not 0 <= k < n:
+        raise pytest.UsageError(f"--shard K/N needs 0 <= K < N, got {shard!r}")
+    kept, dropped = [], []
+    for i, item in enumerate(items):
+        (kept if i % n == k else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = kept

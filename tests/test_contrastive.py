@@ -34,7 +34,7 @@ OPTIONS = [
 def _sweep():
     """Every size on both backends: the torch path with every covariance kind, the Triton
     interpreter with one kind per size (in turn); each case takes the next row of OPTIONS. The
-    interpreter's full-covariance cases of 1000 pixels and more are system tests (half a minute each)."""
+    heaviest full-covariance cases of 1000 pixels and more are system tests."""
     cases, row = [], 0
     for i, (n, d, c) in enumerate(SIZES):
         for backend in BACKENDS:
@@ -42,7 +42,9 @@ def _sweep():
             for cov in (COVS if backend == "torch" else (COVS[(i + i // 3) % 3],)):
                 reduction, dtype, weighted, ignore = OPTIONS[row % len(OPTIONS)]
                 row += 1
-                heavy = backend == "triton" and cov == "full" and n >= 1000
+                # the interpreter's full kernels, and the bfloat16 eager reference of a full covariance
+                # (slow on a CPU), at 1000 pixels and more: half a minute to a minute and a half each
+                heavy = cov == "full" and n >= 1000 and (backend == "triton" or dtype == torch.bfloat16)
                 cases.append(pytest.param(
                     backend, n, d, c, cov, reduction, dtype, weighted, ignore,
                     marks=[pytest.mark.system] if heavy else [],

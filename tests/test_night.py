@@ -251,6 +251,7 @@ def test_decode_head_cross_entropy_takes_the_class_weights(tmp_path, trees):
     torch.testing.assert_close(trainer.task.source_ce(logits, label), (w * nll).mean())
 
 
+@pytest.mark.system
 def test_a_tiny_day_night_run_resumes_bit_for_bit(tmp_path, trees):
     cfg = night_config(tmp_path, trees["cityscapes"], trees["dark_zurich"])
     cfg.data.test_size = (0, 0)

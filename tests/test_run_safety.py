@@ -111,6 +111,7 @@ def test_resume_takes_the_stored_configuration(tmp_path):
     assert stored["data"]["size"] == [32, 64] and stored["train"]["max_iters"] == 3
 
 
+@pytest.mark.system
 def test_resume_recovers_from_a_damaged_latest_checkpoint_metrics_line_and_temporary(tmp_path, capsys):
     cfg = tiny_config()
     cfg.train.max_iters, cfg.train.checkpoint_interval, cfg.train.keep_checkpoints = 4, 1, 5

@@ -95,6 +95,7 @@ def _assert_same(a, b, path=""):
         assert a == b, path
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("variant", ["dist", "bank"])
 def test_resume_is_bit_exact(tmp_path, variant):
     cfg = tiny_config(variant)
