@@ -1,4 +1,5 @@
-"""The ``sepico`` command: ``train``, ``eval``, ``predict``, ``convert``, ``plot``, ``ablate`` and ``info``.
+"""The ``sepico`` command: ``train``, ``eval``, ``predict``, ``convert``, ``plot``, ``ablate``, ``check-data``
+and ``info``.
 
 Configuration mistakes end in one line naming the field (exit status 2), not a traceback.
 """
@@ -89,6 +90,7 @@ def _eval(args) -> int:
     from sepico.data.transforms import AUG_SCALES
     from sepico.files import atomic_write, check_output
     from sepico.train.config import apply_overrides, validate
+    from sepico.train.data import check_run_data
     from sepico.train.trainer import evaluation_prior, resolve_device
 
     if args.batch_size < 1:
@@ -122,6 +124,7 @@ def _eval(args) -> int:
               "dataset": cfg.data.target}
     if args.export:
         return _export(args, model, cfg, header, device, prior, scales)
+    check_run_data(cfg, ("target_test",))
     report = header | _evaluate_target(args, model, cfg, device, prior, scales)
     text = json.dumps(_nan_to_none(report), indent=2)
     if args.out:
@@ -306,6 +309,12 @@ def _ablate(args) -> int:
     return run_from_args(args)
 
 
+def _check_data(args) -> int:
+    from sepico.data.check import run_from_args
+
+    return run_from_args(args)
+
+
 def _info(args) -> int:
     """Versions, device and kernel backend; with --weights, what an ImageNet weights source holds instead."""
     if args.weights:
@@ -453,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--weights", metavar="FILE_OR_HUB_ID", help="instead: the layout, the models it fits, the tensor "
                    "count and the SHA-256 of ImageNet weights (a file, a folder from `hf download`, or "
                    "hf:owner/name as model.pretrained takes them)")
+    k = sub.add_parser("check-data", help="whether a dataset folder holds what the published dataset holds "
+                       "(counts, missing labels, sizes, label ids, unreadable files); exit 1 when it does not")
+    from sepico.data.check import add_arguments as add_check_arguments
+
+    add_check_arguments(k)
     a = sub.add_parser("ablate", help="ablation on the synthetic benchmark (sepico.ablation)")
     from sepico.ablation import add_arguments
 
@@ -465,7 +479,7 @@ def main(argv=None) -> int:
     try:
         _check_kernel_backend()
         return {"train": _train, "eval": _eval, "predict": _predict, "convert": _convert, "plot": _plot,
-                "info": _info, "ablate": _ablate}[args.command](args)
+                "info": _info, "ablate": _ablate, "check-data": _check_data}[args.command](args)
     except SepicoError as err:
         print(f"sepico: error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ the image as stored).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from sepico.data.check import QUICK_SAMPLE, SPLITS, check_dataset
 from sepico.data.cityscapes import IGNORE_INDEX, NUM_CLASSES
 from sepico.data.label_maps import PROTOCOLS
 from sepico.data.rcs import RareClassSampler, load_class_stats
@@ -119,6 +121,39 @@ def build_test_dataset(cfg: Config, scales=None) -> tuple[Dataset, tuple]:
         protocol = d.eval_protocol or (16 if d.source == "synthia" else 19)
         classes = PROTOCOLS[str(protocol)]
     return test, classes
+
+
+RUN_ROLES = ("source", "target", "target_test")  # the datasets a training run reads
+
+
+def check_run_data(cfg: Config, roles=RUN_ROLES) -> dict:
+    """The quick form of ``sepico check-data`` on the datasets of ``roles`` (``source`` and
+    ``target``: their training images; ``target_test``: the labelled evaluation split): counts
+    against the published ones and ``QUICK_SAMPLE`` files per split decoded. What differs is one
+    warning line on stderr, never an error (a fixture tree or a subset is not the published set;
+    real faults stop the run where the dataset code meets them). Returns, per role, the check's
+    summary for the run card."""
+    d = cfg.data
+    summaries, differing = {}, []
+    for role in roles:
+        name, root = (d.source, d.source_root) if role == "source" else (d.target, d.target_root)
+        if name == "synthetic":
+            summaries[role] = {"dataset": "synthetic", "as_published": True,
+                               "read": "generated scenes: no files to check"}
+            continue
+        if not Path(root).is_dir():  # the dataset code names the missing folder
+            summaries[role] = {"dataset": name, "as_published": False, "read": f"no folder {root}",
+                               "differences": [f"no folder {root}"]}
+            continue
+        split = "train" if role != "target_test" else ("val" if name in TRAINING_TARGETS else SPLITS[name][0])
+        check = check_dataset(name, root, (split,), sample=QUICK_SAMPLE, conditions=d.acdc_conditions,
+                              day_night=role == "target" and cfg.method.day_night)
+        summaries[role] = check.summary()
+        differing += [f"{name} {line}" for line in summaries[role]["differences"]]
+    if differing:
+        print(f"warning: data check ({QUICK_SAMPLE} files per split decoded): {'; '.join(differing)} (sepico "
+              "check-data --data NAME --root PATH prints the whole table)", file=sys.stderr, flush=True)
+    return summaries
 
 
 def _folder(key, name, root, split, *, labelled, strict, conditions=()) -> SegmentationFolder:
