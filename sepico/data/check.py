@@ -105,6 +105,7 @@ class DataCheck:
     deep: bool
     sample: int
     lines: list[Line] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # where the published counts compared with come from
     listed: int = 0  # image and label files listed
     read: int = 0    # ... of which decoded
 
@@ -124,7 +125,8 @@ class DataCheck:
         header = Line("split", "check", "found", "published", "status", "e.g.")
         rows = [header] + self.lines
         widths = [max(len(row[k]) for row in rows) for k in range(5)]
-        text = [f"sepico check-data: {self.name} in {self.root}; {self.what_was_read()}"]
+        text = [f"sepico check-data: {self.name} in {self.root}; {self.what_was_read()}",
+                f"published counts: {'; '.join(self.sources)}"]
         text += ["  ".join(value.ljust(width) for value, width in zip(row[:5], widths)).rstrip()
                  + (f"  {row.example}" if row.example else "") for row in rows]
         differing = self.differences()
@@ -170,6 +172,8 @@ def _check_split(check: DataCheck, split: str, condition, *, day_night: bool, pr
     name, root = check.name, check.root
     where = split if condition is None else f"{split}/{condition}"
     published = PUBLISHED[(name, split, condition)]
+    if published.source not in check.sources:
+        check.sources.append(published.source)
 
     def add(what, found, expected, status, example=""):
         check.lines.append(Line(where, what, str(found), "-" if expected is None else str(expected), status,
