@@ -39,7 +39,7 @@ from sepico.errors import ConfigError
 from sepico.files import atomic_write, check_output
 
 CARD_FORMAT = "sepico-card-1"
-CARD_FILE, CARD_PAGE = "card.json", "card.md"
+CARD_FILE = "card.json"  # and card.md beside it
 _PAGE_MARK = f"<!-- {CARD_FORMAT} -->"
 SETTINGS = ("code", "environment", "config", "weights", "data", "run")
 RESULTS = ("result", "measurements")
@@ -486,7 +486,7 @@ def _read_json(path: Path) -> dict:
         return {"source": f"{path} unreadable ({type(err).__name__})"}
 
 
-__all__ = ["CARD_FILE", "CARD_FORMAT", "CARD_PAGE", "add_arguments", "card_differences", "card_page", "code_record",
+__all__ = ["CARD_FILE", "CARD_FORMAT", "add_arguments", "card_differences", "card_page", "code_record",
            "data_manifest", "dataset_manifest", "environment", "eval_card_path", "git_commit", "make_card",
            "read_card", "result_record", "run_from_args", "start_run_card", "weights_record", "write_ablation_card",
            "write_card", "write_eval_card", "write_run_card"]

@@ -29,7 +29,7 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three tiny runs: A (seed 0, weight file 1), B (seed 1, weight file 1), C (seed 0, weight file 2)."""
+    """Four tiny runs: A (seed 0, weight file 1), B (seed 1), C (weight file 2), D (another scene set)."""
     tmp = tmp_path_factory.mktemp("cards")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -41,10 +41,12 @@ def runs(tmp_path_factory):
     next(v for v in state.values() if v.is_floating_point()).add_(0.5)
     atomic_save({"model": state}, weights[1])
     folders = {}
-    for name, seed, w in (("A", 0, weights[0]), ("B", 1, weights[0]), ("C", 0, weights[1])):
+    for name, seed, w, scenes in (("A", 0, weights[0], 8), ("B", 1, weights[0], 8), ("C", 0, weights[1], 8),
+                                  ("D", 0, weights[0], 9)):
         folders[name] = tmp / name
         code, _, err = cli("train", config, "--no-progress", "--set", f"train.run_dir={folders[name]}",
-                           "--set", f"train.seed={seed}", "--set", f"model.init_checkpoint={w}")
+                           "--set", f"train.seed={seed}", "--set", f"model.init_checkpoint={w}",
+                           "--set", f"data.train_length={scenes}")
         assert code == 0, err
     torch.set_num_threads(threads)
     return folders | {"weights": weights, "tmp": tmp}
@@ -112,6 +114,14 @@ def test_sepico_card_shows_a_changed_weight_file(runs):
     hashes = [hashlib.sha256(w.read_bytes()).hexdigest() for w in runs["weights"]]
     assert re.search(rf"weights\.model\.init_checkpoint\.sha256\s+A {hashes[0]}\s+B {hashes[1]}", out), out
     assert "config.model.init_checkpoint" in out and "config.train.seed" not in out
+
+
+def test_a_run_on_another_scene_set_has_another_manifest(runs):
+    a, d = read_card(runs["A"])["data"]["manifest"], read_card(runs["D"])["data"]["manifest"]
+    assert a["source"]["sha256"] != d["source"]["sha256"] and a["target"]["sha256"] != d["target"]["sha256"]
+    assert a["target_test"] == d["target_test"] and a["sha256"] != d["sha256"]
+    code, out, _ = cli("card", runs["A"], runs["D"])
+    assert code == 0 and re.search(rf"data\.manifest\.source\.sha256\s+A {a['source']['sha256']}", out), out
 
 
 def test_the_manifest_follows_the_file_list(tmp_path):
