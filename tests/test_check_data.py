@@ -176,9 +176,10 @@ def test_the_default_reads_a_sample_and_deep_reads_every_file(tmp_path, monkeypa
 
 def test_bad_arguments_are_one_line(tmp_path):
     root = make_gta5(tmp_path / "gta5", n=1)
-    for args, words in ((["--root", root, "--split", "val"], "--split: gta5 has the split(s) train, not val"),
-                        (["--root", tmp_path / "nowhere"], "--root: no folder")):
-        code, out, err = cli("check-data", "--data", "gta5", *args)
+    for args, words in ((["gta5", "--root", root, "--split", "val"], "--split: gta5 has the split(s) train, not val"),
+                        (["gta5", "--root", tmp_path / "nowhere"], "--root: no folder"),
+                        (["foo", "--root", root], "--data: unknown dataset 'foo'; choose one of gta5, synthia")):
+        code, out, err = cli("check-data", "--data", *args)
         assert code == 2 and not out and len(err.strip().splitlines()) == 1 and words in err, err
 
 

@@ -274,7 +274,7 @@ def _progress(items, enabled: bool, what: str):
 # --------------------------------------------------------------------------- the command
 
 def add_arguments(p) -> None:
-    p.add_argument("--data", required=True, choices=REAL_DATASETS, help="the dataset the folder holds")
+    p.add_argument("--data", required=True, help=f"the dataset the folder holds: {', '.join(REAL_DATASETS)}")
     p.add_argument("--root", required=True, help="the dataset folder (read, never written)")
     p.add_argument("--split", help="one split to check (default: every published split of the dataset)")
     p.add_argument("--deep", action="store_true", help="decode every image and label (default: a sample of "
