@@ -26,8 +26,9 @@ beside it; a count not read here is the source's figure as cited, unverified):
   images (test labels withheld). 2,975 / 500 restated by the papers above; 1,525 not read here.
 - Dark Zurich (Sakaridis et al., ICCV 2019, "Guided Curriculum Model Adaptation and
   Uncertainty-Aware Evaluation"): 2,416 nighttime training images (unlabelled; the training
-  archive also holds 2,920 twilight and 3,041 daytime images, which only the correspondences
-  reach here), 50 labelled val and 151 test images (test labels withheld). Not read here.
+  archive also holds 2,920 twilight and 3,041 daytime images: the day-night method reads daytime
+  ones through the correspondence files, nothing here reads the twilight ones), 50 labelled val
+  and 151 test images (test labels withheld). Not read here.
 - ACDC (Sakaridis et al., ICCV 2021; arXiv 2104.13395v4): 4,006 adverse-condition images, equally
   distributed between fog, night, rain and snow (the abstract, read here); per condition 400
   train, 100 val (night: 106) and 500 test images (test labels withheld): the paper's split, not
