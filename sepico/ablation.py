@@ -11,7 +11,8 @@ the target pass); then DistCL diagonal at the better of its
 temperatures with forgetting statistics (estimator momentum). Every run starts from
 the demo's config (``configs/synthetic_demo.toml``) and writes ``<out>/runs/<name>/result.json`` as
 it ends; a rerun skips finished runs and resumes an interrupted one from its last checkpoint.
-``<out>/summary.json``, ``<out>/table.md`` and two PNGs are rewritten from all results at the end.
+``<out>/summary.json``, ``<out>/table.md``, two PNGs and the run card ``<out>/card.json`` (with
+``card.md``; each run's own card is in its folder) are rewritten from all results at the end.
 
 ``sepico ablate --sweep FIELD=V1,V2,...`` (``sweep``) is a dose-response instead: DistCL diagonal
 at both temperatures and ProtoCL at 0.1 at every value of one field of the contrastive loss (the
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sepico.card import write_ablation_card
 from sepico.demo import DEFAULT_CONFIG
 from sepico.errors import ConfigError
 from sepico.files import atomic_write
@@ -548,6 +550,7 @@ def ablate(*, seeds=(0, 1, 2), quick=False, iters=None, out=OUT, config=DEFAULT_
     if not quick:
         results += runner.train(momentum_runs(results, seeds, temperatures))
     summary = summarise(results, out)
+    write_ablation_card(out, config, overrides, iters, seeds=seeds, summary=summary, started=runner.started)
     print((out / "table.md").read_text())
     if docs:
         write_block(docs, "ablation-table", (out / "table.md").read_text())

@@ -1,4 +1,5 @@
-"""The ``sepico`` command: ``train``, ``eval``, ``predict``, ``convert``, ``plot``, ``ablate`` and ``info``.
+"""The ``sepico`` command: ``train``, ``eval``, ``predict``, ``convert``, ``plot``, ``ablate``, ``check-data``,
+``card`` and ``info``.
 
 Configuration mistakes end in one line naming the field (exit status 2), not a traceback.
 """
@@ -9,6 +10,7 @@ import functools
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 from sepico.errors import ConfigError, SepicoError
@@ -86,13 +88,16 @@ def _eval(args) -> int:
     """Evaluate a checkpoint's student (or EMA teacher), or a converted file, on its run's target
     val split, or on the dataset named by --data/--root; prints the per-class table and the result
     JSON. With --export, write the split's predictions as the dataset's benchmark server takes them."""
+    from sepico.card import eval_card_path, write_eval_card
     from sepico.convert import load_model
     from sepico.data.names import TARGETS
     from sepico.data.transforms import AUG_SCALES
     from sepico.files import atomic_write, check_output
     from sepico.train.config import apply_overrides, validate
+    from sepico.train.data import check_run_data
     from sepico.train.trainer import evaluation_prior, resolve_device
 
+    started = time.perf_counter()
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.data is not None and args.data not in TARGETS:
@@ -105,6 +110,7 @@ def _eval(args) -> int:
     path = Path(args.checkpoint)
     if args.out:
         check_output(args.out, what="--out", ours=_is_eval_result, force=args.force, inputs=[path])
+    card = eval_card_path(args)  # the run card's file, checked as --out is
     device = resolve_device(args.device, field="--device")
     model, cfg, weights, iteration = load_model(path, teacher=args.teacher)
     overrides = [f"data.{key}={value}" for key, value in (
@@ -124,10 +130,13 @@ def _eval(args) -> int:
               "dataset": cfg.data.target}
     if args.export:
         return _export(args, model, cfg, header, device, prior, scales)
+    data_check = check_run_data(cfg, ("target_test",))
     report = header | _evaluate_target(args, model, cfg, device, prior, scales)
     text = json.dumps(_nan_to_none(report), indent=2)
     if args.out:
         atomic_write(args.out, text + "\n")
+    if card:
+        write_eval_card(card, args, cfg, report, started=started, check=data_check, device=device)
     print(text)
     return 0
 
@@ -308,6 +317,18 @@ def _ablate(args) -> int:
     return run_from_args(args)
 
 
+def _check_data(args) -> int:
+    from sepico.data.check import run_from_args
+
+    return run_from_args(args)
+
+
+def _card(args) -> int:
+    from sepico.card import run_from_args
+
+    return run_from_args(args)
+
+
 def _info(args) -> int:
     """Versions, device and kernel backend; with --weights, what an ImageNet weights source holds instead."""
     if args.weights:
@@ -407,8 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "0.25) of the test size and horizontal flips, softmax-averaged (the official --aug-test)")
     e.add_argument("--out", metavar="FILE", help="also write the result JSON here (replaces only an earlier "
                    "`sepico eval` result, never the checkpoint or another file without --force)")
-    e.add_argument("--force", action="store_true", help="let --out or --export replace a file that is not an "
-                   "earlier result (never an input or a checkpoint)")
+    e.add_argument("--card", metavar="FILE.json", help="write the run card here (and FILE.md beside it): what "
+                   "produced the result (default: <--out stem>.card.json beside --out; none without --out)")
+    e.add_argument("--force", action="store_true", help="let --out, --card or --export replace a file that is not "
+                   "an earlier result (never an input or a checkpoint)")
     p = sub.add_parser("predict", help="segmentation maps of images (png, jpg, bmp, webp, tif files and folders)")
     p.add_argument("checkpoint", help="a training checkpoint or a `sepico convert` file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (walked in sorted order)")
@@ -455,6 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--weights", metavar="FILE_OR_HUB_ID", help="instead: the layout, the models it fits, the tensor "
                    "count and the SHA-256 of ImageNet weights (a file, a folder from `hf download`, or "
                    "hf:owner/name as model.pretrained takes them)")
+    k = sub.add_parser("check-data", help="whether a dataset folder holds what the published dataset holds "
+                       "(counts, missing labels, sizes, label ids, unreadable files); exit 1 when it does not")
+    from sepico.data.check import add_arguments as add_check_arguments
+
+    add_check_arguments(k)
+    r = sub.add_parser("card", help="what differs between two run cards (run folders or card files): settings, "
+                       "then results")
+    from sepico.card import add_arguments as add_card_arguments
+
+    add_card_arguments(r)
     a = sub.add_parser("ablate", help="ablation on the synthetic benchmark (sepico.ablation)")
     from sepico.ablation import add_arguments
 
@@ -467,7 +500,7 @@ def main(argv=None) -> int:
     try:
         _check_kernel_backend()
         return {"train": _train, "eval": _eval, "predict": _predict, "convert": _convert, "plot": _plot,
-                "info": _info, "ablate": _ablate}[args.command](args)
+                "info": _info, "ablate": _ablate, "check-data": _check_data, "card": _card}[args.command](args)
     except SepicoError as err:
         print(f"sepico: error: {err}", file=sys.stderr)
         return 2

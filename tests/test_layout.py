@@ -123,7 +123,7 @@ FLOORS = [
     ("sepico.method",),
     ("sepico.models", "sepico.data"),
     ("sepico.evaluation",),
-    ("sepico.train",),
+    ("sepico.train", "sepico.card"),
     ("sepico.convert", "sepico.predict", "sepico.plot", "sepico.demo", "sepico.ablation", "sepico.cli"),
 ]
 

@@ -365,6 +365,29 @@ def eval_out_is_a_folder(tmp, weights):
     refused(*cli("eval", weights, "--out", tmp / "no" / "r.json", "--no-progress")[::2], "no folder")
 
 
+@case("eval", "`--card` (or the card beside `--out`, `<stem>.card.json`) naming a file that is not an earlier "
+      "card; naming the checkpoint",
+      "refused before the evaluation unless --force, the checkpoint also with it; an earlier card of sepico eval "
+      "is replaced")
+def eval_card_replaces_only_cards(tmp, weights):
+    result, card = tmp / "r.json", tmp / "r.card.json"
+    few = ("--set", "data.test_length=2")
+    card.write_text("my notes\n")
+    refused(*cli("eval", weights, "--out", result, "--no-progress")[::2], "--card", "r.card.json", "--force")
+    assert card.read_text() == "my notes\n" and not result.exists()
+    refused(*cli("eval", weights, "--card", weights, "--no-progress", "--force")[::2], "--card takes a .json")
+    ckpt = tmp / "c.json"  # a weight file under a .json name is still weights
+    ckpt.write_bytes(weights.read_bytes())
+    refused(*cli("eval", ckpt, "--card", ckpt, "--no-progress", "--force")[::2], "also an input")
+    assert ckpt.read_bytes() == weights.read_bytes()
+    for _ in range(2):
+        code, _, err = cli("eval", weights, "--card", tmp / "mine.json", "--no-progress", *few)
+        assert code == 0, err
+    assert json.loads((tmp / "mine.json").read_text())["command"] == "sepico eval" and (tmp / "mine.md").is_file()
+    assert cli("eval", weights, "--out", result, "--no-progress", "--force", *few)[0] == 0
+    assert json.loads(card.read_text())["format"] == "sepico-card-1"
+
+
 @case("eval --export", "a link to a PNG outside, planted in the export's `labelTrainIds/`",
       "left out of the submission zip: the zip holds exactly the regular files the export wrote")
 def export_zip_takes_its_own_files(tmp, weights):
@@ -730,6 +753,39 @@ def ablate_rerun_with_other_settings(tmp, weights):
         ablation.execute(run, config, tmp / "ab", 3, [], False)
     with pytest.raises(ConfigError, match=r"optim.lr"):
         ablation.execute(run, config, tmp / "ab", 2, ["optim.lr=0.5"], False)
+
+
+# --------------------------------------------------------------------------- check-data, card
+
+
+@case("check-data", "a dataset folder holding a truncated label, a label with an id the dataset does not define "
+      "and an image without its label",
+      "each named on its line of the table, exit 1, no traceback; nothing in the folder written or touched")
+def check_data_on_a_damaged_folder(tmp, weights):
+    from tests.test_datasets import make_gta5
+
+    root = make_gta5(tmp / "gta5", n=3)
+    label = root / "labels" / "00000.png"
+    label.write_bytes(label.read_bytes()[:50])
+    ids = np.full((40, 72), 7, np.uint8)
+    ids[0, 0] = 250
+    Image.fromarray(ids).save(root / "labels" / "00001.png")
+    (root / "labels" / "00002.png").unlink()
+    before = snapshot(root)
+    code, out, err = cli("check-data", "--data", "gta5", "--root", root)
+    assert code == 1 and "Traceback" not in err, err
+    for words in ("labels/00000.png: cannot read the label", "labels/00001.png: [250]", "has no labels/00002.png"):
+        assert words in out, out
+    assert snapshot(root) == before
+
+
+@case("card", "a file that is not a run card; a run folder without card.json",
+      "one line naming it, exit 2")
+def card_of_something_else(tmp, weights):
+    (tmp / "result.json").write_text('{"miou": 50.0}')
+    (tmp / "run").mkdir()
+    for bad, words in ((tmp / "result.json", "not a sepico run card"), (tmp / "run", "no card.json")):
+        refused(*cli("card", bad, bad)[::2], str(bad), words)
 
 
 def _toml(data: dict) -> str:

@@ -95,35 +95,46 @@ def read_correspondences(root) -> dict[str, str]:
 
 def day_images(name: str, root, images) -> list[Path]:
     """The daytime image of each training image of the target ``name`` (``dark_zurich``: paths
-    under ``root/rgb_anon/train/night``; ``acdc``: under ``root/rgb_anon/<condition>/train``)."""
+    under ``root/rgb_anon/train/night``; ``acdc``: under ``root/rgb_anon/<condition>/train``);
+    ``CorrespondenceError`` naming the first image without one."""
+    days, problems = daytime_images(name, root, images)
+    if problems:
+        raise CorrespondenceError(problems[0])
+    return days
+
+
+def daytime_images(name: str, root, images) -> tuple[list[Path | None], list[str]]:
+    """(the daytime image of each image, None where no correspondence names one; one line per
+    image whose daytime image is unlisted or missing). ``CorrespondenceError`` when Dark Zurich's
+    correspondence files themselves are missing or malformed (``read_correspondences``)."""
     if name == "acdc":
-        return [_acdc_reference(Path(path)) for path in images]
+        days = [_acdc_reference(Path(path)) for path in images]
+        return days, [f"acdc: the reference image of {image} is missing: {day}"
+                      for image, day in zip(images, days) if not day.is_file()]
     if name != "dark_zurich":
         raise CorrespondenceError(f"{name}: no daytime images (the day-night method reads dark_zurich or acdc)")
     root = Path(root)
     night_dir, day_dir = root / "rgb_anon" / "train" / "night", root / "rgb_anon" / "train" / "day"
     pairs = read_correspondences(root)
-    out = []
+    days, problems = [], []
     suffix = "_rgb_anon.png"
     for path in images:
         key = Path(path).relative_to(night_dir).as_posix()[: -len(suffix)]
-        if key not in pairs:
-            raise CorrespondenceError(f"dark_zurich: {path} has no day image in {root / 'corresp/train/night'}")
-        day = day_dir / (pairs[key] + suffix)
-        if not day.is_file():
-            raise CorrespondenceError(f"dark_zurich: the day image of {path} is missing: {day}")
-        out.append(day)
-    return out
+        day = day_dir / (pairs[key] + suffix) if key in pairs else None
+        if day is None:
+            problems.append(f"dark_zurich: {path} has no day image in {root / 'corresp/train/night'}")
+        elif not day.is_file():
+            problems.append(f"dark_zurich: the day image of {path} is missing: {day}")
+        days.append(day)
+    return days, problems
 
 
 def _acdc_reference(path: Path) -> Path:
     split_dir = path.parent.parent  # rgb_anon/<condition>/<split>
-    reference = (split_dir.with_name(split_dir.name + "_ref") / path.parent.name
-                 / path.name.replace("_rgb_anon.png", "_rgb_ref_anon.png"))
-    if not reference.is_file():
-        raise CorrespondenceError(f"acdc: the reference image of {path} is missing: {reference}")
-    return reference
+    return (split_dir.with_name(split_dir.name + "_ref") / path.parent.name
+            / path.name.replace("_rgb_anon.png", "_rgb_ref_anon.png"))
 
 
 __all__ = ["DARK_ZURICH_CLASS_FREQUENCIES", "DAY_THRESHOLD", "SHIFT_INSENSITIVE_CLASSES", "CorrespondenceError",
-           "class_prior_weights", "day_images", "fuse_day_night", "read_correspondences", "dark_zurich_prior"]
+           "class_prior_weights", "dark_zurich_prior", "day_images", "daytime_images", "fuse_day_night",
+           "read_correspondences"]

@@ -34,7 +34,8 @@ from sepico.files import atomic_write, remove_temporaries
 
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
 MARKER = ".sepico-run"
-RUN_FILES = ("config.json", "pretrained.json", "metrics.jsonl", "eval.json", "train.log", "curves.png")
+RUN_FILES = ("config.json", "pretrained.json", "metrics.jsonl", "eval.json", "train.log", "curves.png",
+             "card.json", "card.md")
 # What weights-only loading may rebuild beyond tensors and containers: numpy scalars and their
 # dtypes (mmcv's runner stores some in a checkpoint's meta), under numpy 1's and numpy 2's names.
 _NUMPY_SCALARS = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np._core.multiarray.scalar,
@@ -159,7 +160,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def run_files(run_dir: Path) -> list[Path]:
     """The files of a run in ``run_dir`` that ``--overwrite`` removes: its config, metrics, log,
-    result, curves and checkpoints (not its class-statistics cache, which stays valid)."""
+    result, curves, run card and checkpoints (not its class-statistics cache, which stays valid)."""
     run_dir = Path(run_dir)
     return [p for p in (run_dir / name for name in RUN_FILES) if p.is_file()] + list_checkpoints(run_dir)
 

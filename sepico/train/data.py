@@ -14,6 +14,7 @@ the image as stored).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,12 +24,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from sepico.data.check import QUICK_SAMPLE, SPLITS, check_dataset
 from sepico.data.cityscapes import IGNORE_INDEX, NUM_CLASSES
 from sepico.data.label_maps import PROTOCOLS
 from sepico.data.rcs import RareClassSampler, load_class_stats
 from sepico.data.night import day_images
 from sepico.data.names import SOURCES, TRAINING_TARGETS
-from sepico.data.real import DatasetError, SegmentationFolder, image_to_tensor, read_rgb
+from sepico.data.real import SIZE_MISMATCH_TOLERATED, DatasetError, SegmentationFolder, image_to_tensor, read_rgb
 from sepico.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
 from sepico.data.transforms import aug_sizes, output_size, resize_image, resize_label
 from sepico.train.config import Config
@@ -121,6 +123,39 @@ def build_test_dataset(cfg: Config, scales=None) -> tuple[Dataset, tuple]:
     return test, classes
 
 
+RUN_ROLES = ("source", "target", "target_test")  # the datasets a training run reads
+
+
+def check_run_data(cfg: Config, roles=RUN_ROLES) -> dict:
+    """The quick form of ``sepico check-data`` on the datasets of ``roles`` (``source`` and
+    ``target``: their training images; ``target_test``: the labelled evaluation split): counts
+    against the published ones and ``QUICK_SAMPLE`` files per split decoded. What differs is one
+    warning line on stderr, never an error (a fixture tree or a subset is not the published set;
+    real faults stop the run where the dataset code meets them). Returns, per role, the check's
+    summary for the run card."""
+    d = cfg.data
+    summaries, differing = {}, []
+    for role in roles:
+        name, root = (d.source, d.source_root) if role == "source" else (d.target, d.target_root)
+        if name == "synthetic":
+            summaries[role] = {"dataset": "synthetic", "as_published": True,
+                               "read": "generated scenes: no files to check"}
+            continue
+        if not Path(root).is_dir():  # the dataset code names the missing folder
+            summaries[role] = {"dataset": name, "as_published": False, "read": f"no folder {root}",
+                               "differences": [f"no folder {root}"]}
+            continue
+        split = "train" if role != "target_test" else ("val" if name in TRAINING_TARGETS else SPLITS[name][0])
+        check = check_dataset(name, root, (split,), sample=QUICK_SAMPLE, conditions=d.acdc_conditions,
+                              day_night=role == "target" and cfg.method.day_night)
+        summaries[role] = check.summary()
+        differing += [f"{name} {line}" for line in summaries[role]["differences"]]
+    if differing:
+        print(f"warning: data check ({QUICK_SAMPLE} files per split decoded): {'; '.join(differing)} (sepico "
+              "check-data --data NAME --root PATH prints the whole table)", file=sys.stderr, flush=True)
+    return summaries
+
+
 def _folder(key, name, root, split, *, labelled, strict, conditions=()) -> SegmentationFolder:
     if not root:
         raise ConfigError(f"config field '{key}' must name the {name} folder")
@@ -184,7 +219,9 @@ class TrainingView(Dataset):
     bilinear for the image, nearest for the label: ``sepico.data.transforms``).
 
     ``view[Draw(...)]`` is ``(image float32 [3, h, w] in [0, 1], label int64 [h, w])`` with
-    (h, w) the crop size (a smaller image is padded: image 0, label ignore). With ``companions``
+    (h, w) the crop size (a smaller crop is padded after the flip, as mmseg's ``Pad`` after its
+    ``RandomFlip``: image 0, label ignore; a GTA5 label of another size than its image is taken as
+    the official pipeline takes it: ``_fit``). With ``companions``
     (one image file per image: Dark Zurich's day images) it is ``(image, label, companion)``, the
     companion resized like its image (to the same size) and cropped and flipped with it. A labelled crop is
     tried up to ``CROP_TRIES`` times until no class covers more than ``cat_max_ratio`` of its
@@ -228,28 +265,29 @@ class TrainingView(Dataset):
             draw = Draw(int(draw), 0, int(draw))
         rng = _generator(draw.seed, draw.position, _CROP_DRAW)
         image = self.folder.read_image(draw.index)
-        label = self.folder.read_label(draw.index, image.size) if self.folder.labelled else None
+        tolerated = self.folder.name in SIZE_MISMATCH_TOLERATED  # a label may have another size than its image
+        label = (self.folder.read_label(draw.index, None if tolerated else image.size)
+                 if self.folder.labelled else None)
         pixels = np.asarray(image)
-        if self.resize:
-            size = output_size(*pixels.shape[:2], self.resize, self.keep_ratio)
-            pixels = resize_image(pixels, size)
+        if self.resize:  # image and label each rescaled on their own, as mmseg's Resize does
+            pixels = resize_image(pixels, output_size(*pixels.shape[:2], self.resize, self.keep_ratio))
             if label is not None:
-                label = resize_label(label, size)
+                label = resize_label(label, output_size(*label.shape, self.resize, self.keep_ratio))
         if label is None:
             label = np.full(pixels.shape[:2], IGNORE_INDEX, dtype=np.uint8)
         companion = None if self.companions is None else self._companion(draw.index, pixels.shape[:2])
-        if self.crop:
-            y, x = self._choose_crop(label, draw.rare_class, rng)
+        size = self.crop or pixels.shape[:2]
+        if self.crop:  # the image's crop box, cut out of the label too
+            y, x = self._choose_crop(label, pixels.shape[:2], draw.rare_class, rng)
             ch, cw = self.crop
-            if companion is not None:
-                companion, _ = _pad(companion[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw], self.crop)
             pixels, label = pixels[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
-            pixels, label = _pad(pixels, label, self.crop)
-        if self.flip and rng.random() < 0.5:
+            companion = None if companion is None else companion[y:y + ch, x:x + cw]
+        if self.flip and rng.random() < 0.5:  # each at its own width, before padding: mmseg's RandomFlip, then Pad
             pixels, label = pixels[:, ::-1], label[:, ::-1]
             companion = None if companion is None else companion[:, ::-1]
+        pixels, label = _fit(pixels, size, 0), _fit(label, size, IGNORE_INDEX)
         item = (image_to_tensor(pixels), torch.from_numpy(label.astype(np.int64)))
-        return item if companion is None else item + (image_to_tensor(companion),)
+        return item if companion is None else item + (image_to_tensor(_fit(companion, size, 0)),)
 
     def _companion(self, index: int, size) -> np.ndarray:
         """The companion of image ``index``, resized as the image was (its own keep-ratio rescale,
@@ -263,8 +301,10 @@ class TrainingView(Dataset):
                                f"image {self.folder.images[index]} is {size[1]} x {size[0]}")
         return pixels
 
-    def _choose_crop(self, label: np.ndarray, rare_class: int, rng: np.random.Generator):
-        height, width = label.shape
+    def _choose_crop(self, label: np.ndarray, size, rare_class: int, rng: np.random.Generator):
+        """(y, x) of a crop box in an image of ``size`` (H, W), as mmseg's ``RandomCrop`` draws it
+        (the class checks count the label's pixels inside the box)."""
+        height, width = size
         ch, cw = min(self.crop[0], height), min(self.crop[1], width)
         checks = self.folder.labelled and (self.cat_max_ratio < 1.0 or rare_class >= 0)
         best, best_rare = None, -1
@@ -284,14 +324,23 @@ class TrainingView(Dataset):
         return best
 
 
-def _pad(pixels: np.ndarray, label: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
-    h, w = label.shape
-    if (h, w) == tuple(size):
-        return pixels, label
-    out_p = np.zeros((size[0], size[1], 3), dtype=pixels.dtype)
-    out_l = np.full(tuple(size), IGNORE_INDEX, dtype=label.dtype)
-    out_p[:h, :w], out_l[:h, :w] = pixels, label
-    return out_p, out_l
+def _fit(array: np.ndarray, size, fill) -> np.ndarray:
+    """``array`` [h, w, ...] cut or padded with ``fill`` at the bottom and right to ``size`` (H, W).
+
+    A crop smaller than the crop size is padded as mmseg's ``Pad`` pads it (image 0, label 255).
+    A GTA5 label of another size than its image comes out as the official pipeline leaves it:
+    mmseg 0.16's ``Resize`` rescales the image and ``gt_semantic_seg`` each on its own
+    (``_resize_img``, ``_resize_seg``: ``mmcv.imrescale`` into the same scale), ``RandomCrop`` cuts
+    the image's crop box out of both, ``RandomFlip`` mirrors each at its own width and ``Pad`` fills
+    the label up to the crop with 255 (lhoyer/DAFormer mmseg/datasets/pipelines/transforms.py,
+    ``Resize``, ``RandomCrop``, ``RandomFlip``, ``Pad``; the GTA5 pipeline in that order, SePiCo's
+    configs/_base_/datasets/uda_gta_to_cityscapes_640x640_no_crop.py)."""
+    if array.shape[:2] == tuple(size):
+        return array
+    out = np.full(tuple(size) + array.shape[2:], fill, dtype=array.dtype)
+    h, w = min(size[0], array.shape[0]), min(size[1], array.shape[1])
+    out[:h, :w] = array[:h, :w]
+    return out
 
 
 class TestView(Dataset):

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from sepico.card import start_run_card, write_run_card
 from sepico.data.night import class_prior_weights, dark_zurich_prior
 from sepico.errors import ConfigError, DatasetError, NonFiniteLoss
 from sepico.evaluation import evaluate, format_table
@@ -450,6 +451,7 @@ class Trainer:
                 atomic_write(self.run_dir / "pretrained.json", json.dumps(self.pretrained, indent=2))
             print(f"sepico train: run folder {self.run_dir} (config.json, metrics.jsonl, train.log, checkpoints), "
                   f"iteration {self.iteration} of {cfg.train.max_iters} on {self.device}", file=sys.stderr, flush=True)
+            card = start_run_card(self)  # the quick data check, the weights' hashes, the data manifest
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(cfg.train.max_iters, self.iteration, self.progress)
         say = bar.write if self.progress else (lambda text: print(text, file=sys.stderr, flush=True))
@@ -515,6 +517,7 @@ class Trainer:
                         say(f"evaluation at iteration {self.iteration} (final):\n{format_table(result)}")
                         metrics.write(json.dumps({"iteration": self.iteration, "miou": result["miou"]}) + "\n")
                     atomic_write(self.run_dir / "eval.json", json.dumps(result, indent=2))
+                    write_run_card(self, card, result)
                     logf.write(f"done: mIoU {result['miou']:.2f}\n")
                     self._plot_curves(metrics, logf)
                 if self.world > 1:
