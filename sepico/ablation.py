@@ -209,7 +209,7 @@ def execute(run: Run, base_config: Path, out: Path, iters: int | None, extra: li
         return result
     start = time.perf_counter()
     resume = latest_checkpoint(run_dir) is not None  # else a fresh start (overwriting a run cut short)
-    trainer = Trainer(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress,
+    trainer = Trainer(cfg, run_dir, resume=resume, overwrite=not resume, progress=progress, log_lines=False,
                       draw_curves=functools.partial(plot_run, force=True))
     ev = trainer.train()
     result = {"variant": run.variant, "temperature": run.temperature, "seed": run.seed,

@@ -95,13 +95,16 @@ class Trainer:
     """Builds everything from a `Config`; `train()` runs to `train.max_iters`, resumable."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
-                 overwrite: bool = False, progress: bool = True, draw_curves=None):
+                 overwrite: bool = False, progress: bool = True, log_lines: bool = True, draw_curves=None):
         """``resume``: continue from the newest checkpoint that loads (the configuration must be the
         stored one but for ``RESUMABLE_FIELDS``). Otherwise a run folder that already holds a run
         is refused, unless ``overwrite`` (its run files are then removed, and named).
-        ``draw_curves(run_dir)``: called after each evaluation, once metrics.jsonl holds it (the
-        command passes ``sepico.plot``'s; None: no curves)."""
+        ``log_lines``: print a line every ``train.log_interval`` iterations and the per-class table
+        at each evaluation (stderr; the files hold them either way). ``draw_curves(run_dir)``:
+        called after each evaluation, once metrics.jsonl holds it (the command passes
+        ``sepico.plot``'s; None: no curves)."""
         self.cfg = cfg
+        self.log_lines = log_lines
         self.draw_curves = draw_curves
         self.run_dir = Path(run_dir or cfg.train.run_dir or Path("runs") / cfg.name)
         self.rank, self.world, local_rank = init_distributed()
@@ -455,7 +458,7 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(cfg.train.max_iters, self.iteration, self.progress)
         say = bar.write if self.progress else (lambda text: print(text, file=sys.stderr, flush=True))
-        if self.rank != 0:
+        if self.rank != 0 or not self.log_lines:
             say = lambda text: None  # noqa: E731 - rank 0 speaks for the run
         result = {}
         try:
