@@ -18,7 +18,7 @@ import time
 
 import torch
 
-import kernels._dispatch as kd
+import kernels._launch as kl
 import kernels.contrastive as kc
 
 N, D, C, IGNORE = 262144, 256, 19, 255
@@ -44,9 +44,9 @@ def profile(args) -> None:
 
 
 def pages(args, calls=12) -> None:
-    huge = kd._advise_huge_pages
+    huge = kl._advise_huge_pages
     for name, advise in (("huge pages", huge), ("4 KiB pages", lambda out: None)):
-        kd._advise_huge_pages = advise
+        kl._advise_huge_pages = advise
         walls, kernel = [], []
         try:
             for _ in range(calls):
@@ -58,7 +58,7 @@ def pages(args, calls=12) -> None:
                 kernel.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_before)
                 del out
         finally:
-            kd._advise_huge_pages = huge
+            kl._advise_huge_pages = huge
         walls, kernel = walls[2:], kernel[2:]   # the first two calls warm up
         print(f"{name:12s} median {1e3 * statistics.median(walls):6.1f} ms; calls "
               f"{[round(1e3 * w) for w in walls]} ms; kernel time {[round(1e3 * k) for k in kernel]} ms")

@@ -10,8 +10,8 @@ the real kernels on CPU tensors through the Triton interpreter, with large inter
 ``with kernels.tiles("gpu")`` (or ``KERNELS_TILES=gpu``) makes it run the GPU launch
 configurations instead.
 """
-from ._dispatch import (backend, check_label_range, check_num_classes, interpreting,
-                        mark_labels_checked, requested_backend, tiles)
+from ._backend import backend, interpreting, requested_backend, tiles
+from ._checks import check_label_range, check_num_classes, mark_labels_checked
 from .bank import bank_contrastive_loss
 from .contrastive import dist_contrastive_loss
 from .distribution import merge_class_moments, update_class_distribution

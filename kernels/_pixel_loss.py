@@ -2,7 +2,7 @@
 regulariser and one autograd Function that hands on the gradient the forward wrote.
 
 Each loss computes, in its forward, per-pixel losses l_i and a float32 buffer shaped like the
-features holding dl_i/dz_i (`kernels._dispatch.gradient_buffer`). The Function's backward adds the
+features holding dl_i/dz_i (`kernels._launch.gradient_buffer`). The Function's backward adds the
 regulariser's gradient into that buffer in place and scales it by grad_output: the buffer itself
 becomes the features' gradient, so no second [N, D] tensor exists at any point.
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._dispatch import image_rows, pixel_shape
+from ._checks import pixel_shape
+from ._layout import image_rows
 
 REDUCTIONS = ("mean", "sum", "none")
 

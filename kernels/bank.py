@@ -29,10 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (Launch, check_dim, check_feats, check_label_range, check_labels,
-                        check_same_device, gather_pixels, gradient_buffer, interpreter_tiles,
-                        pixel_layout, pixel_map, pixel_offsets, poisoned_empty, requested_backend,
-                        resolve_backend, scatter_pixels, sort_by_class)
+from ._backend import interpreter_tiles, requested_backend, resolve_backend
+from ._checks import check_dim, check_feats, check_label_range, check_labels, check_same_device, sort_by_class
+from ._launch import gradient_buffer, Launch, poisoned_empty
+from ._layout import gather_pixels, pixel_layout, pixel_map, pixel_offsets, scatter_pixels
 from ._pixel_loss import PixelLossParams, check_loss_options, pixel_loss
 
 # The Triton kernel holds a pixel's whole queue of positives and every class's negative in

@@ -34,7 +34,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from ._dispatch import COV_DIAG, COV_FULL, COV_NONE, Launch, PixelLayout, interpreting
+from ._backend import interpreting
+from ._checks import COV_DIAG, COV_FULL, COV_NONE
+from ._launch import Launch
+from ._layout import PixelLayout
 from .bank import MAX_TRITON_CLASSES as MAX_BANK_CLASSES
 from .bank import _bank_contrastive_kernel, bank_launch
 from .contrastive import _dist_contrastive_kernel, loss_launch
@@ -143,7 +146,7 @@ def parse_cuobjdump(text: str) -> dict:
 # --------------------------------------------------------------------------- variants
 
 def rows_layout(dim: int) -> PixelLayout:
-    """Contiguous rows [N_PIXELS, D] (`kernels._dispatch.pixel_layout` of such a tensor)."""
+    """Contiguous rows [N_PIXELS, D] (`kernels._layout.pixel_layout` of such a tensor)."""
     return PixelLayout(rows=True, batch=1, hw=N_PIXELS, stride_b=0, stride_p=dim, stride_d=1)
 
 

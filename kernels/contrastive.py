@@ -27,10 +27,11 @@ import triton
 import triton.language as tl
 
 from ._pixel_loss import PixelLossParams, check_loss_options, pixel_loss
-from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, Launch, Memo, check_dim, check_feats,
-                        check_label_range, check_labels, check_pixel_values, check_same_device,
-                        check_stats, gradient_buffer, image_rows, interpreter_tiles, pixel_layout,
-                        pixel_map, poisoned_empty, resolve_backend)
+from ._backend import interpreter_tiles, resolve_backend
+from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_pixel_values,
+                      check_same_device, check_stats, COV_DIAG, COV_FULL, COV_NONE, Memo)
+from ._launch import gradient_buffer, Launch, poisoned_empty
+from ._layout import image_rows, pixel_layout, pixel_map
 
 
 @triton.jit

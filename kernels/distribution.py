@@ -18,9 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, Launch, check_dim, check_feats, check_label_range,
-                        check_labels, check_same_device, check_stats, interpreter_tiles, pixel_map,
-                        poisoned_empty, resolve_backend, sort_by_class)
+from ._backend import interpreter_tiles, resolve_backend
+from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_same_device,
+                      check_stats, COV_DIAG, COV_FULL, COV_NONE, sort_by_class)
+from ._launch import Launch, poisoned_empty
+from ._layout import pixel_map
 from .moments import moment_partials_torch, moment_partials_triton
 
 

@@ -20,10 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import (COV_DIAG, COV_FULL, COV_NONE, Launch, check_dim, check_feats,
-                        check_label_range, check_labels, check_num_classes, check_same_device,
-                        gather_pixels, interpreter_tiles, pixel_layout, pixel_map, pixel_offsets, poisoned_empty,
-                        resolve_backend, sort_by_class)
+from ._backend import interpreter_tiles, resolve_backend
+from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_num_classes,
+                      check_same_device, COV_DIAG, COV_FULL, COV_NONE, sort_by_class)
+from ._launch import Launch, poisoned_empty
+from ._layout import gather_pixels, pixel_layout, pixel_map, pixel_offsets
 
 
 @triton.jit

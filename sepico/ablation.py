@@ -486,7 +486,6 @@ def _sweep_plot(summary, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    name = summary["field"].split(".")[1]
     rows = summary["rows"]
     fig = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)

@@ -21,6 +21,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A sepico weight file of the small CPU model (synthetic run configuration, random weights)."""
+    import torch
+
+    from sepico.models import build_model
+    from sepico.train.checkpoint import atomic_save
+    from sepico.train.config import Config
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model.name, cfg.model.proj_dim = "convnet_small", 8
+    model = build_model("convnet_small", num_classes=19, proj_dim=8)
+    path = tmp_path_factory.mktemp("weights") / "weights.pt"
+    atomic_save({"config": cfg.to_dict(), "model": model.state_dict()}, path)
+    return path
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the largest relative error against float64 that the parity tests saw."""
     from tests.parity import LARGEST

@@ -12,7 +12,7 @@ from PIL import Image
 import sepico
 from sepico.cli import build_parser
 from tests.helpers import cli
-from tests.test_safety import tiny_toml, weights, write_image  # noqa: F401 - weights is a fixture
+from tests.test_safety import tiny_toml, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -70,7 +70,7 @@ def test_a_run_says_where_it_goes_logs_every_interval_and_prints_the_table(tmp_p
     assert json.loads(out)["iteration"] == 4
 
 
-def test_predict_palette_and_opacity(tmp_path, weights):  # noqa: F811 - the fixture
+def test_predict_palette_and_opacity(tmp_path, weights):
     pixels = np.asarray(Image.open(write_image(tmp_path / "in" / "a.png", 24, 30, 4)).convert("RGB"))
     colours = [[(7 * c) % 256, (31 * c) % 256, (101 * c) % 256] for c in range(19)]
     (tmp_path / "colours.json").write_text(json.dumps(colours))

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from kernels import compile_check
-from kernels._dispatch import interpreting
+from kernels._backend import interpreting
 from kernels.compile_check import Result, format_table, merge_labels, parse_cuobjdump, parse_ptxas
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

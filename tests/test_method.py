@@ -124,5 +124,5 @@ def test_host_syncs_per_training_step(tmp_path, monkeypatch):
     with kernels.backend("triton"):
         log = trainer.step()
     assert "loss_cl_src" in log and "loss_cl_tgt" in log and "loss_mix" in log
-    assert dict(sites) == {"kernels/_dispatch.py:check_label_range": 2,
+    assert dict(sites) == {"kernels/_checks.py:check_label_range": 2,
                            "sepico/train/trainer.py:_update": 1}, dict(sites)

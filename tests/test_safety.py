@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 from sepico.train.checkpoint import MARKER, RunFolder, atomic_save
-from sepico.train.config import Config
 from tests.helpers import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,20 +122,6 @@ def bomb_png(path: Path) -> Path:
     data[16:29] = header
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(header)))
     path.write_bytes(bytes(data))
-    return path
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A sepico weight file of the small CPU model (synthetic run configuration)."""
-    from sepico.models import build_model
-
-    torch.manual_seed(0)
-    cfg = Config()
-    cfg.model.name, cfg.model.proj_dim = "convnet_small", 8
-    model = build_model("convnet_small", num_classes=19, proj_dim=8)
-    path = tmp_path_factory.mktemp("weights") / "weights.pt"
-    atomic_save({"config": cfg.to_dict(), "model": model.state_dict()}, path)
     return path
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kernels
-from kernels._dispatch import COV_DIAG, COV_FULL, COV_NONE
+from kernels._checks import COV_DIAG, COV_FULL, COV_NONE
 from kernels.contrastive import loss_config
 from kernels.distribution import merge_block_d
 from kernels.moments import moment_config

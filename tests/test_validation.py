@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kernels
-from kernels._dispatch import requested_backend, resolve_backend
+from kernels._backend import requested_backend, resolve_backend
 
 N, D, C = 10, 6, 4
 

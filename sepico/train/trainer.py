@@ -11,7 +11,6 @@ device three times (the two label range checks and the logged values, fetched to
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -25,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from sepico.card import start_run_card, write_run_card
 from sepico.data.night import class_prior_weights, dark_zurich_prior

@@ -1,0 +1,168 @@
+"""Input validation shared by every op, in the user's terms: on the host from tensor metadata,
+plus one cheap label-range check; and the covariance kind every op encodes the same way.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+FLOAT_FEATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+TRITON_FEATS = (torch.float32, torch.float16, torch.bfloat16)
+INT_LABELS = (torch.int64, torch.int32)
+# The covariance kind, one encoding for every op: none (counts and sums only; ProtoCL), diagonal,
+# full. The kernels take it as an int constexpr (moments' SECOND_MODE, the loss's COV_MODE).
+COV_NONE, COV_DIAG, COV_FULL = 0, 1, 2
+
+
+def check_feats(feats, name: str = "feats") -> None:
+    """[N, D] rows or a [B, D, h, w] map of floating-point embeddings."""
+    if not isinstance(feats, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(feats).__name__}")
+    if feats.dim() not in (2, 4):
+        raise ValueError(f"{name} must have shape [N, D] or [B, D, h, w], got {tuple(feats.shape)}")
+    if feats.dtype not in FLOAT_FEATS:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16 (float64 on the torch "
+                        f"backend), got {feats.dtype}")
+    if feats.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one channel, got shape {tuple(feats.shape)}")
+
+
+def pixel_shape(feats: torch.Tensor) -> tuple:
+    """The shape of one value per pixel: [N] for rows [N, D], [B, h, w] for a map [B, D, h, w]."""
+    return (feats.shape[0],) if feats.dim() == 2 else (feats.shape[0], *feats.shape[2:])
+
+
+def check_pixel_values(t, feats, name: str) -> None:
+    """``t`` holds one value per pixel of ``feats``: shape [N] or [B, h, w] (``pixel_shape``)."""
+    want = pixel_shape(feats)
+    if tuple(t.shape) != want:
+        spelled = "[N]" if feats.dim() == 2 else "[B, h, w]"
+        raise ValueError(f"{name} must have shape {spelled} = {list(want)} to match feats "
+                         f"{tuple(feats.shape)}, got {tuple(t.shape)}")
+
+
+def check_labels(labels, feats) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype not in INT_LABELS:
+        raise TypeError(f"labels must be int64 or int32, got {labels.dtype}")
+    check_pixel_values(labels, feats, "labels")
+
+
+def check_num_classes(num_classes) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if not 1 <= num_classes <= 256:
+        raise ValueError(f"num_classes must be in [1, 256], got {num_classes}")
+
+
+def check_same_device(**tensors) -> None:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {k: v.device for k, v in present.items()}
+    first_name, first = next(iter(devices.items()))
+    for k, dev in devices.items():
+        if dev != first:
+            raise ValueError(f"{k} is on {dev} but {first_name} is on {first}; move them to one device")
+
+
+class Memo:
+    """Values computed from tensors, reused while those tensors are unchanged: the same objects,
+    no in-place write since (their version counters). Holds weak references to the tensors, so
+    it keeps nothing alive; ``size`` entries, the oldest dropped first."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._entries: list = []
+
+    @staticmethod
+    def _state(tensors):
+        return tuple(None if t is None else (weakref.ref(t), t._version) for t in tensors)
+
+    @staticmethod
+    def _same(state, tensors) -> bool:
+        return all((t is None and s is None) or (t is not None and s is not None and s[0]() is t
+                                                 and t._version == s[1])
+                   for s, t in zip(state, tensors))
+
+    def get(self, tensors: tuple, key):
+        if any(t is not None and t.is_inference() for t in tensors):
+            return None  # inference tensors have no version counter
+        for state, k, value in self._entries:
+            if k == key and self._same(state, tensors):
+                return value
+        return None
+
+    def put(self, tensors: tuple, key, value) -> None:
+        if any(t is not None and t.is_inference() for t in tensors):
+            return
+        self._entries = [e for e in self._entries if all(s is None or s[0]() is not None for s in e[0])]
+        self._entries.append((self._state(tensors), key, value))
+        del self._entries[:-self._size]
+
+
+_checked_labels = Memo(8)
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Every label is ignore_index or in [0, C): one reduction and one host sync the first time a
+    label tensor is checked for (C, ignore_index); none again while it is unchanged (`Memo`), so
+    the labels of a training step cost one sync however many ops read them."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
+    if labels.numel() == 0 or _checked_labels.get((labels,), (num_classes, ignore_index)):
+        return
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        value = int(labels[bad][0])
+        raise ValueError(f"labels must be in [0, {num_classes}) or ignore_index={ignore_index}; "
+                         f"found {value}")
+    _checked_labels.put((labels,), (num_classes, ignore_index), True)
+
+
+def mark_labels_checked(labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Record that ``labels`` hold only [0, C) or ignore_index because the caller made them so
+    (labels downscaled from checked ones, say): the ops skip their range check, and its host
+    sync, for this tensor while it is unchanged. Returns ``labels``."""
+    _checked_labels.put((labels,), (num_classes, ignore_index), True)
+    return labels
+
+
+def check_stats(mean, cov, num_classes: int | None, dim: int) -> None:
+    """mean [C, D]; cov [C, D] (diagonal) or [C, D, D] (full) or None."""
+    if not isinstance(mean, torch.Tensor):
+        raise TypeError(f"mean must be a torch.Tensor, got {type(mean).__name__}")
+    if mean.dim() != 2 or mean.shape[1] != dim or (num_classes is not None and mean.shape[0] != num_classes):
+        want = f"[{num_classes if num_classes is not None else 'C'}, {dim}]"
+        raise ValueError(f"mean must have shape {want}, got {tuple(mean.shape)}")
+    if not mean.is_floating_point():
+        raise TypeError(f"mean must be floating point, got {mean.dtype}")
+    if not 1 <= mean.shape[0] <= 256:
+        raise ValueError(f"mean must hold at least 1 and at most 256 classes, got C = {mean.shape[0]}")
+    if cov is None:
+        return
+    if not isinstance(cov, torch.Tensor):
+        raise TypeError(f"cov must be a torch.Tensor or None, got {type(cov).__name__}")
+    c = mean.shape[0]
+    if cov.shape not in ((c, dim), (c, dim, dim)):
+        raise ValueError(f"cov must have shape [{c}, {dim}] (diagonal) or [{c}, {dim}, {dim}] "
+                         f"(full) to match mean {tuple(mean.shape)}, got {tuple(cov.shape)}")
+    if not cov.is_floating_point():
+        raise TypeError(f"cov must be floating point, got {cov.dtype}")
+
+
+def check_dim(dim: int, full: bool) -> None:
+    limit = 256 if full else 1024
+    if dim > limit:
+        kind = "full" if full else "diagonal"
+        raise ValueError(f"D = {dim} channels exceeds the {kind}-covariance limit of {limit}")
+
+
+def sort_by_class(labels: torch.Tensor, num_classes: int, ignore_index: int):
+    """Pixel indices grouped by class (stable, so the order inside a class is pixel order) and the
+    [C + 1] offsets where each class starts; ignored pixels sort past the end of class C - 1."""
+    key = torch.where(labels == ignore_index, torch.full_like(labels, num_classes), labels)
+    sorted_key, order = torch.sort(key, stable=True)
+    starts = torch.arange(num_classes + 1, device=labels.device, dtype=sorted_key.dtype)
+    bounds = torch.searchsorted(sorted_key, starts)
+    return order, bounds
