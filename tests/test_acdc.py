@@ -32,7 +32,7 @@ from sepico.errors import ConfigError
 from sepico.evaluation import evaluate, predict_logits
 from sepico.train.config import Config, apply_overrides, from_dict, validate
 from sepico.train import data as run_data
-from tests.test_datasets import _image, _scene_ids, write_png
+from tests.helpers import scene_ids, scene_image, write_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -50,8 +50,8 @@ def make_acdc(root, size=SIZE, conditions=ACDC_CONDITIONS):
         for split, count in (("train", 2), ("val", 1), ("test", 1)):
             for j in range(count):
                 stem = f"{seq}_frame_{100 * c + 10 * j + len(split):06d}"
-                ids = _scene_ids(*size, TRAIN_IDS, c + j).astype(np.uint8)
-                write_png(root / "rgb_anon" / condition / split / seq / f"{stem}_rgb_anon.png", _image(ids, c + j))
+                ids = scene_ids(*size, TRAIN_IDS, c + j).astype(np.uint8)
+                write_png(root / "rgb_anon" / condition / split / seq / f"{stem}_rgb_anon.png", scene_image(ids, c + j))
                 write_png(root / "rgb_anon" / condition / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png",
                           rng.integers(0, 256, size + (3,), dtype=np.uint8))
                 if split != "test":
@@ -161,7 +161,7 @@ def test_a_tiny_run_trains_evaluates_per_condition_and_exports(tmp_path, acdc, c
     # {sequence}_frame_{frame:0>6}*.png, at the input's size, in train ids).
     from sepico.cli import main
     from sepico.train import Trainer
-    from tests.test_datasets import make_cityscapes
+    from tests.helpers import make_cityscapes
 
     cityscapes = make_cityscapes(tmp_path / "cityscapes", size=SIZE)
     cfg = acdc_config(tmp_path, cityscapes, acdc)
@@ -212,7 +212,7 @@ def test_a_tiny_run_trains_evaluates_per_condition_and_exports(tmp_path, acdc, c
 
 def test_export_refuses_what_it_must_not_write(tmp_path, acdc, capsys):
     from sepico.cli import main
-    from tests.test_predict import tiny_model, weight_file
+    from tests.helpers import tiny_model, weight_file
 
     ckpt = weight_file(tmp_path, tiny_model(5))
     run = ["eval", str(ckpt), "--data", "acdc", "--root", str(acdc), "--no-progress", "--split", "test"]

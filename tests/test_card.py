@@ -21,8 +21,7 @@ from sepico.train.checkpoint import atomic_save
 from sepico.train.config import load_config
 from sepico.train.data import TrainingView
 from sepico.train.trainer import build_run_model
-from tests.test_datasets import make_gta5, write_png
-from tests.test_safety import cli, tiny_toml
+from tests.helpers import cli, make_gta5, tiny_toml, write_png
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 

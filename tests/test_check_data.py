@@ -25,9 +25,8 @@ from sepico.data.real import ACDC_CONDITIONS, DatasetError, SegmentationFolder
 from sepico.data.transforms import output_size, resize_image, resize_label
 from sepico.train import data as train_data
 from tests.test_acdc import make_acdc
-from tests.test_datasets import make_cityscapes, make_gta5, make_synthia, write_png, write_png16_rgb
 from tests.test_night import make_bdd100k_night, make_dark_zurich_pairs, make_nighttime_driving
-from tests.test_safety import cli, snapshot
+from tests.helpers import cli, make_cityscapes, make_gta5, make_synthia, snapshot, write_png, write_png16_rgb
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -184,7 +183,7 @@ def test_bad_arguments_are_one_line(tmp_path):
 
 
 def test_the_quick_check_of_a_run_warns_in_one_line_and_never_stops_it(tmp_path, capsys):
-    from tests.test_datasets import real_config
+    from tests.helpers import real_config
 
     cfg = real_config(tmp_path, "gta5", make_gta5(tmp_path / "gta5"), "cityscapes",
                       make_cityscapes(tmp_path / "cityscapes"))

@@ -36,8 +36,7 @@ from sepico.evaluation import confusion_matrix, iou_from_confusion
 from sepico.models import build_model
 from sepico.train.checkpoint import atomic_save
 from sepico.train.config import Config
-from tests.test_datasets import make_cityscapes, write_png
-from tests.test_predict import tiny_model, weight_file, write_image
+from tests.helpers import image_file, make_cityscapes, tiny_model, weight_file, write_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -119,7 +118,7 @@ def test_confusion_matrix_and_miou_equal_the_pixel_level_evaluation(tmp_path):
 def test_predict_labelids_holds_only_ids_cityscapesscripts_names(tmp_path, capsys):
     model = tiny_model(1)
     ckpt = weight_file(tmp_path, model)
-    write_image(tmp_path / "in" / "bochum_000000_000019_leftImg8bit.png", 40, 72, 3)
+    image_file(tmp_path / "in" / "bochum_000000_000019_leftImg8bit.png", 40, 72, 3)
     out = tmp_path / "maps"
     assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--trainids", "--labelids",
                  "--no-progress"]) == 0

@@ -11,8 +11,7 @@ from PIL import Image
 
 import sepico
 from sepico.cli import build_parser
-from tests.helpers import cli
-from tests.test_safety import tiny_toml, write_image
+from tests.helpers import cli, tiny_toml, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -31,7 +31,7 @@ from sepico.train import Trainer
 from sepico.train.config import validate
 from sepico.errors import ConfigError
 from tests.test_models import mit_checkpoint_keys, on_meta, resnet_v1c_keys
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -135,7 +135,7 @@ def test_kernels_are_bitwise_repeatable():
 
 
 def _tiny_cuda_config(**train):
-    from tests.test_train import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config("dist", model="daformer_mit_b0")
     cfg.train.device = DEV

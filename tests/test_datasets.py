@@ -2,14 +2,11 @@
 published definitions, layout errors, training crops, rare-class sampling, deterministic streams,
 and a couple of training iterations per benchmark."""
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sepico.data import rcs as rcs_module
 from sepico.data.night import class_prior_weights
@@ -19,9 +16,10 @@ from sepico.data.rcs import RareClassSampler, class_pixel_counts, load_class_sta
 from sepico.data.real import DatasetError, SegmentationFolder
 from sepico.evaluation import evaluate, iou_from_confusion
 from sepico.train import Trainer
-from sepico.train.config import Config, from_dict, validate
+from sepico.train.config import Config, validate
 from sepico.errors import ConfigError
 from sepico.train.data import BatchStream, Draw, TrainingView, build_datasets
+from tests.helpers import make_cityscapes, make_dark_zurich, make_gta5, make_synthia, real_config, write_png, write_png16_rgb
 
 # --------------------------------------------------------------------------- published facts
 
@@ -78,103 +76,6 @@ def test_to_train_ids_refuses_unknown_ids_unless_told():
 
 
 # --------------------------------------------------------------------------- fixture trees
-
-def _scene_ids(h, w, ids, seed):
-    """A label map of horizontal bands (sky, building, road) with a block of `ids['car']`."""
-    rng = np.random.default_rng(seed)
-    lab = np.empty((h, w), dtype=np.uint16)
-    a, b = h // 3, 2 * h // 3
-    lab[:a], lab[a:b], lab[b:] = ids["sky"], ids["building"], ids["road"]
-    y, x = rng.integers(a, b - 4), rng.integers(0, w - 8)
-    lab[y:y + 6, x:x + 8] = ids["car"]
-    lab[0, 0] = ids["void"]
-    return lab
-
-
-def _image(label, seed):
-    rng = np.random.default_rng(seed)
-    base = (label.astype(np.int64) * 37 % 256).astype(np.uint8)
-    return np.stack([base, 255 - base, rng.integers(0, 256, base.shape, dtype=np.uint8)], -1)
-
-
-def write_png(path: Path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path)
-
-
-def write_png16_rgb(path: Path, array):
-    """A 16-bit RGB PNG (Pillow cannot write one), rows filtered with all five PNG filters."""
-    def paeth(a, b, c):
-        p = a + b - c
-        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-        return a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-
-    h, w, _ = array.shape
-    raw, stride, bpp = array.astype(">u2").tobytes(), w * 6, 6
-    out, prev = bytearray(), bytes(stride)
-    for y in range(h):
-        row, kind, enc = raw[y * stride:(y + 1) * stride], y % 5, bytearray(stride)
-        for i in range(stride):
-            a = row[i - bpp] if i >= bpp else 0
-            c = prev[i - bpp] if i >= bpp else 0
-            enc[i] = (row[i] - [0, a, prev[i], (a + prev[i]) // 2, paeth(a, prev[i], c)][kind]) & 255
-        out += bytes([kind]) + enc
-        prev = row
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(bytes(out))) + chunk(b"IEND", b""))
-
-
-CS_IDS = {"sky": 23, "building": 11, "road": 7, "car": 26, "void": 0}
-SYN_IDS = {"sky": 1, "building": 2, "road": 3, "car": 8, "void": 0}
-
-
-def make_gta5(root: Path, n=4, size=(40, 72)):
-    for i in range(n):
-        lab = _scene_ids(*size, CS_IDS, i)
-        if i == n - 1:
-            lab[-6:, :10] = 33  # a rare class (bicycle) in one image only
-        write_png(root / "images" / f"{i:05d}.png", _image(lab, i))
-        write_png(root / "labels" / f"{i:05d}.png", lab.astype(np.uint8))
-    return root
-
-
-def make_synthia(root: Path, n=3, size=(24, 40)):
-    for i in range(n):
-        lab = _scene_ids(*size, SYN_IDS, i)
-        gt = np.stack([lab, (lab * 997 + 300).astype(np.uint16), np.zeros_like(lab)], -1)
-        write_png(root / "RGB" / f"{i:07d}.png", _image(lab, i))
-        write_png16_rgb(root / "GT" / "LABELS" / f"{i:07d}.png", gt)
-    return root
-
-
-def make_cityscapes(root: Path, size=(32, 64), splits=(("train", ("aachen", "bochum"), 2),
-                                                       ("val", ("frankfurt",), 2))):
-    for split, cities, per_city in splits:
-        for city in cities:
-            for j in range(per_city):
-                stem = f"{city}_{j:06d}_000019"
-                lab = _scene_ids(*size, CS_IDS, hash(stem) % 1000)
-                write_png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", _image(lab, j))
-                write_png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", lab.astype(np.uint8))
-    return root
-
-
-def make_dark_zurich(root: Path, size=(32, 64)):
-    for j in range(3):
-        stem = f"GOPR0351_frame_{j:06d}"
-        lab = _scene_ids(*size, CS_IDS, j)
-        write_png(root / "rgb_anon" / "train" / "night" / "GOPR0351" / f"{stem}_rgb_anon.png", _image(lab, j))
-    for j in range(2):
-        stem = f"GOPR0356_frame_{j:06d}"
-        train_ids = to_train_ids(_scene_ids(*size, CS_IDS, j), lookup_table(CITYSCAPES_ID_TO_TRAIN_ID), where="")
-        write_png(root / "rgb_anon" / "val" / "night" / "GOPR0356" / f"{stem}_rgb_anon.png", _image(train_ids, j))
-        write_png(root / "gt" / "val" / "night" / "GOPR0356" / f"{stem}_gt_labelTrainIds.png", train_ids)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -337,20 +238,6 @@ def test_streams_with_rcs_resume_bit_exactly(tmp_path, trees):
 
 
 # --------------------------------------------------------------------------- config and training
-
-def real_config(tmp_path, source, source_root, target, target_root, **data) -> Config:
-    cfg = from_dict({
-        "name": "real",
-        "data": {"source": source, "source_root": str(source_root), "target": target,
-                 "target_root": str(target_root), "crop_size": [32, 64], "source_size": [36, 64], **data},
-        "model": {"name": "deeplabv2_r18", "proj_dim": 16, "head_channels": 32},
-        "optim": {"lr": 1e-3, "warmup_iters": 1},
-        "method": {"variant": "dist", "start_distribution_iter": 0, "temperature": 0.1},
-        "train": {"max_iters": 2, "batch_size": 1, "log_interval": 1, "checkpoint_interval": 2,
-                  "run_dir": str(tmp_path / "run")},
-    })
-    validate(cfg)
-    return cfg
 
 
 def test_config_validation_of_the_data_fields(tmp_path):

@@ -72,7 +72,7 @@ def test_synchronised_estimator_equals_one_process_over_the_union(tmp_path, kind
 def _trainer_worker(rank, world, port, run_dir, max_iters, resume, out):
     _join(rank, world, port)
     from sepico.train import Trainer
-    from tests.test_train import _state, tiny_config
+    from tests.helpers import trainer_state, tiny_config
 
     cfg = tiny_config("dist")
     cfg.train.max_iters = max_iters
@@ -85,7 +85,7 @@ def _trainer_worker(rank, world, port, run_dir, max_iters, resume, out):
     trainer.model.decode_head.register_forward_hook(count("decode"))
     trainer.model.projection_head.register_forward_hook(count("project"))
     trainer.train()
-    torch.save({"state": _state(trainer), "calls": calls}, out.format(rank=rank))
+    torch.save({"state": trainer_state(trainer), "calls": calls}, out.format(rank=rank))
     dist.destroy_process_group()
 
 
@@ -101,7 +101,7 @@ def _states(results):
 
 
 def test_two_process_training_keeps_ranks_identical_and_resumes(tmp_path):
-    from tests.test_train import _assert_same
+    from tests.helpers import assert_same
 
     run = tmp_path / "run"
     results = _run(tmp_path, "straight", 3, run=run)
@@ -110,19 +110,19 @@ def test_two_process_training_keeps_ranks_identical_and_resumes(tmp_path):
     # the gradients averaged over the ranks (the student's outputs stay identical).
     assert [r["calls"] for r in results] == [{"decode": 6, "project": 4}] * 2
     straight = _states(results)
-    _assert_same(straight[0], straight[1])  # model, teacher, estimator, optimizer state
+    assert_same(straight[0], straight[1])  # model, teacher, estimator, optimizer state
     # The run wrote checkpoints at 2 and 3 (rank 0, with every rank's RNG state). Drop the
     # last: resuming from iteration 2 must end exactly where the uninterrupted run ended.
     (run / "ckpt_00000003.pt").unlink()
     resumed = _states(_run(tmp_path, "resumed", 3, resume=True, run=run))
-    _assert_same(resumed[0], resumed[1])
-    _assert_same(resumed[0], straight[0])
+    assert_same(resumed[0], resumed[1])
+    assert_same(resumed[0], straight[0])
 
 
 def _global_batch_worker(rank, world, port, run_dir, out):
     _join(rank, world, port)
     from sepico.train import Trainer
-    from tests.test_train import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config("dist")
     cfg.train.global_batch_size = 2

@@ -12,7 +12,7 @@ from sepico import cli
 from sepico.evaluation import (_windows, evaluate, format_table, iou_from_confusion, predict_logits,
                                protocol_mious, slide_logits)
 from sepico.train import Trainer
-from tests.test_datasets import make_cityscapes, make_gta5, real_config
+from tests.helpers import make_cityscapes, make_gta5, real_config
 
 C = 19
 

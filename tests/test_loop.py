@@ -24,8 +24,7 @@ from sepico.train import Trainer, augment
 from sepico.train.config import load_config, validate
 from sepico.errors import ConfigError
 from sepico.train import data as train_data
-from tests.test_datasets import make_cityscapes, make_gta5, real_config, write_png
-from tests.test_train import tiny_config
+from tests.helpers import make_cityscapes, make_gta5, real_config, tiny_config, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -12,7 +12,7 @@ import kernels
 from sepico import losses
 from sepico.method import SePiCo
 from sepico.train.trainer import Trainer
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C, D = 5, 12

@@ -49,8 +49,7 @@ from sepico.train.config import Config, from_dict, validate
 from sepico.errors import ConfigError
 from sepico.train import data as run_data
 from sepico.train.data import Draw, TrainingView, build_datasets
-from tests.test_datasets import _image, _scene_ids, make_cityscapes, write_png
-from tests.test_train import _assert_same, _state
+from tests.helpers import assert_same, make_cityscapes, scene_ids, scene_image, trainer_state, write_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -82,8 +81,8 @@ def make_dark_zurich_pairs(root, size=SIZE):
             csv.writer(f).writerows(rows)
     for j in range(2):
         stem = f"GOPR0356_frame_{j:06d}"
-        train_ids = _scene_ids(*size, TRAIN_IDS, j).astype(np.uint8)
-        write_png(root / "rgb_anon" / "val" / "night" / "GOPR0356" / f"{stem}_rgb_anon.png", _image(train_ids, j))
+        train_ids = scene_ids(*size, TRAIN_IDS, j).astype(np.uint8)
+        write_png(root / "rgb_anon" / "val" / "night" / "GOPR0356" / f"{stem}_rgb_anon.png", scene_image(train_ids, j))
         write_png(root / "gt" / "val" / "night" / "GOPR0356" / f"{stem}_gt_labelTrainIds.png", train_ids)
         write_png(root / "rgb_anon" / "test" / "night" / "GOPR0364" / f"GOPR0364_frame_{j:06d}_rgb_anon.png",
                   rng.integers(0, 256, size + (3,), dtype=np.uint8))
@@ -266,7 +265,7 @@ def test_a_tiny_day_night_run_resumes_bit_for_bit(tmp_path, trees):
     first.save_checkpoint()
     resumed = Trainer(cfg, tmp_path / "split", resume=True, progress=False)
     resumed.train()
-    _assert_same(_state(straight), _state(resumed))
+    assert_same(trainer_state(straight), trainer_state(resumed))
 
 
 def test_day_night_needs_dark_zurich(tmp_path, trees):
@@ -387,9 +386,9 @@ def test_predict_weighs_dark_zurich_images_by_name(tmp_path, trees, capsys):
 def make_nighttime_driving(root, n=2, size=SIZE):
     for j in range(n):
         stem = f"{j}_frame_{j:04d}"
-        ids = _scene_ids(*size, TRAIN_IDS, j).astype(np.uint8)
+        ids = scene_ids(*size, TRAIN_IDS, j).astype(np.uint8)
         ids[:3] = 255
-        write_png(root / "leftImg8bit" / "test" / "night" / f"{stem}_leftImg8bit.png", _image(ids, j))
+        write_png(root / "leftImg8bit" / "test" / "night" / f"{stem}_leftImg8bit.png", scene_image(ids, j))
         write_png(root / "gtCoarse_daytime_trainvaltest" / "test" / "night" / f"{stem}_gtCoarse_labelTrainIds.png", ids)
     return root
 
@@ -397,9 +396,9 @@ def make_nighttime_driving(root, n=2, size=SIZE):
 def make_bdd100k_night(root, n=2, size=SIZE):
     for j in range(n):
         stem = f"0{j}a2b3c4-5d6e7f8{j}"
-        ids = _scene_ids(*size, TRAIN_IDS, j + 5).astype(np.uint8)
+        ids = scene_ids(*size, TRAIN_IDS, j + 5).astype(np.uint8)
         (root / "images" / "10k" / "val").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_image(ids, j)).save(root / "images" / "10k" / "val" / f"{stem}.jpg", quality=95)
+        Image.fromarray(scene_image(ids, j)).save(root / "images" / "10k" / "val" / f"{stem}.jpg", quality=95)
         write_png(root / "labels" / "sem_seg" / "masks" / "val" / f"{stem}.png", ids)
     return root
 

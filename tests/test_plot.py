@@ -7,7 +7,7 @@ from PIL import Image
 from sepico.plot import curves_figure, plot_run, read_metrics
 from sepico.train import Trainer
 from sepico.errors import ConfigError
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 EVALS = [{"iteration": 4, "miou": 12.5}, {"iteration": 8, "miou": 20.25}]
 

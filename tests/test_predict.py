@@ -24,36 +24,14 @@ from sepico.cli import main
 from sepico.data.cityscapes import PALETTE
 from sepico.data.transforms import AUG_SCALES, aug_sizes, normalize
 from sepico.evaluation import aug_probabilities, evaluate, predict_logits
-from sepico.models import build_model
 from sepico.predict import predict_image
 from sepico.train.checkpoint import atomic_save
 from sepico.train.config import Config
 from sepico.train import data as run_data
 from sepico.data.real import SegmentationFolder
-from tests.test_datasets import make_cityscapes
+from tests.helpers import image_file, make_cityscapes, tiny_model, weight_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return build_model("deeplabv2_r18", num_classes=19, proj_dim=8).eval()
-
-
-def weight_file(tmp_path, model):
-    cfg = Config()
-    cfg.model.name, cfg.model.num_classes, cfg.model.proj_dim = "deeplabv2_r18", 19, 8
-    path = tmp_path / "weights.pt"
-    atomic_save({"config": cfg.to_dict(), "model": model.state_dict()}, path)
-    return path
-
-
-def write_image(path, h, w, seed, fmt=None):
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format=fmt)
-    return np.array(Image.open(path).convert("RGB"))
 
 
 def by_hand_ids(model, pixels, size=None):
@@ -75,8 +53,8 @@ def test_predict_writes_the_three_maps_and_skips_a_corrupt_image(tmp_path, capsy
     model = tiny_model()
     ckpt = weight_file(tmp_path, model)
     images = tmp_path / "images"
-    a = write_image(images / "a.png", 37, 53, 1)
-    b = write_image(images / "sub" / "b.jpg", 40, 61, 2, fmt="JPEG")
+    a = image_file(images / "a.png", 37, 53, 1)
+    b = image_file(images / "sub" / "b.jpg", 40, 61, 2, fmt="JPEG")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (images / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
@@ -113,7 +91,7 @@ def test_predict_writes_the_three_maps_and_skips_a_corrupt_image(tmp_path, capsy
 def test_predict_resized_input_and_errors(tmp_path, capsys):
     model = tiny_model()
     ckpt = weight_file(tmp_path, model)
-    pixels = write_image(tmp_path / "x.png", 45, 70, 3)
+    pixels = image_file(tmp_path / "x.png", 45, 70, 3)
     out = tmp_path / "out"
     assert main(["predict", str(ckpt), str(tmp_path / "x.png"), "--out", str(out), "--size", "30,48",
                  "--trainids", "--no-progress"]) == 0
@@ -216,7 +194,7 @@ def test_predict_teacher_and_sliding_windows(tmp_path, capsys):
     ckpt = tmp_path / "ckpt.pt"
     atomic_save({"config": cfg.to_dict(), "model": student.state_dict(), "teacher": teacher.state_dict(),
                  "iteration": 5}, ckpt)
-    pixels = write_image(tmp_path / "in" / "x.png", 41, 67, 8)
+    pixels = image_file(tmp_path / "in" / "x.png", 41, 67, 8)
     x = torch.from_numpy(pixels).permute(2, 0, 1).float()[None] / 255
     out = tmp_path / "out"
     assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--trainids", "--teacher",

@@ -61,7 +61,7 @@ from sepico.models import build_model, load_pretrained_encoder
 from sepico.models.pretrained import check_source
 from sepico.train import Trainer
 from sepico.train.config import ConfigError, validate
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

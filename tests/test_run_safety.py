@@ -11,8 +11,7 @@ import torch
 from sepico import ablation
 from sepico.train import Trainer
 from sepico.train.checkpoint import CheckpointError, read_checkpoint
-from tests.helpers import cli
-from tests.test_train import _assert_same, _state, tiny_config
+from tests.helpers import assert_same, cli, tiny_config, trainer_state
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -133,7 +132,7 @@ def test_resume_recovers_from_a_damaged_latest_checkpoint_metrics_line_and_tempo
     assert ".ckpt_00000004.pt.tmp" in err and not (run / ".ckpt_00000004.pt.tmp").exists()
     resumed.train()
     assert "dropping a partial last line" in capsys.readouterr().err
-    _assert_same(_state(straight), _state(resumed))
+    assert_same(trainer_state(straight), trainer_state(resumed))
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines if "loss_ce" in line] == [1, 2, 3, 4]
 
@@ -199,8 +198,8 @@ def test_sigkill_at_random_moments_and_resume_ends_bit_identical(tmp_path):
     a = torch.load(straight / "ckpt_00000006.pt", weights_only=True)
     b = torch.load(run / "ckpt_00000006.pt", weights_only=True)
     for key in ("model", "teacher", "estimator", "iteration"):
-        _assert_same(a[key], b[key], key)
-    _assert_same(a["optimizer"]["state"], b["optimizer"]["state"], "optimizer")
+        assert_same(a[key], b[key], key)
+    assert_same(a["optimizer"]["state"], b["optimizer"]["state"], "optimizer")
     iterations = [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()
                   if "loss_ce" in line]
     assert iterations == list(range(1, 7))
@@ -266,7 +265,7 @@ def test_cli_mistakes_are_one_line(tmp_path, env, args, message):
 
 def test_a_damaged_image_met_mid_run_stops_with_a_checkpoint(tmp_path):
     from sepico.errors import ConfigError
-    from tests.test_datasets import make_cityscapes, make_gta5, real_config
+    from tests.helpers import make_cityscapes, make_gta5, real_config
 
     gta5, cityscapes = make_gta5(tmp_path / "gta5"), make_cityscapes(tmp_path / "cityscapes")
     cfg = real_config(tmp_path, "gta5", gta5, "cityscapes", cityscapes)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from sepico.train.checkpoint import MARKER, RunFolder, atomic_save
-from tests.helpers import cli
+from tests.helpers import cli, snapshot, tiny_toml, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "safety.md"
@@ -69,36 +69,6 @@ def refused(code, err, *words, notes=False):
     return errors[0]
 
 
-def snapshot(folder: Path) -> dict:
-    """Every file under ``folder`` (links as links) with its bytes or link target; the run marker
-    aside (it holds the process id of whoever holds the folder)."""
-    found = {}
-    for p in sorted(folder.rglob("*")):
-        if p.name == MARKER:
-            continue
-        if p.is_symlink():
-            found[str(p.relative_to(folder))] = ("link", os.readlink(p))
-        elif p.is_file():
-            found[str(p.relative_to(folder))] = p.read_bytes()
-    return found
-
-
-def write_image(path: Path, h=20, w=30, seed=0, **save) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, **save)
-    return path
-
-
-def tiny_toml(folder: Path, name="tiny", **train) -> Path:
-    lines = [f'name = "{name}"', "[data]", "size = [32, 64]", "train_length = 8", "test_length = 2",
-             "[model]", 'name = "convnet_small"', "proj_dim = 8", "[method]", 'variant = "dist"',
-             "start_distribution_iter = 1", "[train]",
-             *(f"{k} = {json.dumps(v)}" for k, v in {"batch_size": 2, "log_interval": 1, "max_iters": 2,
-                                                      "checkpoint_interval": 2, **train}.items())]
-    path = folder / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def trained_run(tmp: Path, **train) -> Path:
@@ -599,7 +569,7 @@ def train_bad_config_values(tmp, weights):
 @case("train", "a label id the dataset does not define",
       "one line naming the label file; no checkpoint written for a run that trained nothing")
 def train_unknown_label_id(tmp, weights):
-    from tests.test_datasets import make_cityscapes, make_gta5, real_config
+    from tests.helpers import make_cityscapes, make_gta5, real_config
 
     gta5 = make_gta5(tmp / "gta5")
     label = gta5 / "labels" / "00000.png"
@@ -649,7 +619,7 @@ def train_resume_incomplete_checkpoint(tmp, weights):
 @case("train", "`data.class_stats` naming a file that is not a class-statistics cache; a damaged cache",
       "the first refused and never replaced; the second computed again")
 def train_class_stats_cache(tmp, weights):
-    from tests.test_datasets import make_cityscapes, make_gta5, real_config
+    from tests.helpers import make_cityscapes, make_gta5, real_config
 
     cfg = real_config(tmp, "gta5", make_gta5(tmp / "gta5"), "cityscapes", make_cityscapes(tmp / "cityscapes"),
                       rcs_temperature=0.01, rcs_min_pixels=1)
@@ -747,7 +717,7 @@ def ablate_rerun_with_other_settings(tmp, weights):
       "and an image without its label",
       "each named on its line of the table, exit 1, no traceback; nothing in the folder written or touched")
 def check_data_on_a_damaged_folder(tmp, weights):
-    from tests.test_datasets import make_gta5
+    from tests.helpers import make_gta5
 
     root = make_gta5(tmp / "gta5", n=3)
     label = root / "labels" / "00000.png"

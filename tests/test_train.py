@@ -15,27 +15,13 @@ from sepico.data.transforms import normalize
 from sepico.evaluation import evaluate
 from sepico.train import Trainer, augment
 from sepico.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
-from sepico.train.config import Config, apply_overrides, from_dict, load_config, validate
+from sepico.train.config import Config, apply_overrides, load_config
 from sepico.errors import ConfigError
 from sepico.models import build_run_model
 from sepico.train.trainer import lr_factor
-from tests.helpers import cli
+from tests.helpers import assert_same, cli, tiny_config, trainer_state
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(variant="dist", model="deeplabv2_r18", **method) -> Config:
-    cfg = from_dict({
-        "name": "tiny",
-        "data": {"size": [64, 128], "train_length": 12, "test_length": 4},
-        "model": {"name": model, "proj_dim": 16, "head_channels": 32},
-        "optim": {"lr": 1e-3, "warmup_iters": 2},
-        "method": {"variant": variant, "start_distribution_iter": 1, "temperature": 0.1,
-                   "memory_length": 3, **method},
-        "train": {"max_iters": 3, "batch_size": 2, "log_interval": 1, "checkpoint_interval": 2},
-    })
-    validate(cfg)
-    return cfg
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -75,26 +61,6 @@ def test_every_variant_trains_end_to_end(tmp_path, variant, model, extra):
         assert trainer.sepico.estimator.count.sum() > 0
 
 
-def _state(trainer):
-    return {"model": trainer.model.state_dict(), "teacher": trainer.teacher.state_dict(),
-            "estimator": None if trainer.sepico is None else trainer.sepico.state_dict(),
-            "optim": trainer.optimizer.state_dict()["state"]}
-
-
-def _assert_same(a, b, path=""):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{path} differs"
-    else:
-        assert a == b, path
-
-
 @pytest.mark.system
 @pytest.mark.parametrize("variant", ["dist", "bank"])
 def test_resume_is_bit_exact(tmp_path, variant):
@@ -109,7 +75,7 @@ def test_resume_is_bit_exact(tmp_path, variant):
     resumed = Trainer(cfg, tmp_path / "split", resume=True, progress=False)
     assert resumed.iteration == 2
     resumed.train()
-    _assert_same(_state(straight), _state(resumed))
+    assert_same(trainer_state(straight), trainer_state(resumed))
 
 
 @pytest.mark.system
