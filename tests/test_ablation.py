@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 
 from sepico import ablation
+from sepico.convert import load_model
 from sepico.errors import ConfigError
+from sepico.train.data import build_test_dataset
+from tests.helpers import independent_miou
 
 TINY = ["data.size=32,64", "data.train_length=8", "data.test_length=2", "train.batch_size=2",
         "train.log_interval=1"]
@@ -28,9 +31,12 @@ def test_every_variant_writes_a_result_and_a_rerun_skips_them(tmp_path, monkeypa
     momentum = [json.loads(p.read_text()) for p in results if "momentum" in p.parent.name]
     assert momentum[0]["momentum"] == ablation.MOMENTUM
     assert momentum[0]["temperature"] in ablation.TEMPERATURES
-    for p in results:
+    for p in results:  # each run's mIoU, evaluated again here from its checkpoint
         r = json.loads(p.read_text())
-        assert r["iterations"] == 2 and 0.0 <= r["miou"] <= 100.0
+        loaded = load_model(p.parent / "ckpt_00000002.pt")
+        test, classes = build_test_dataset(loaded.config)
+        assert r["iterations"] == 2
+        assert r["miou"] == pytest.approx(independent_miou(loaded.model, test, classes), abs=1e-9)
     assert (tmp_path / "table.md").read_text().count("\n| ") >= len(want)
     assert (tmp_path / "ablation_miou.png").stat().st_size > 0
     assert (tmp_path / "ablation_per_class.png").stat().st_size > 0

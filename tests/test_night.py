@@ -38,7 +38,7 @@ from PIL import Image
 
 from sepico.cli import main
 from sepico.data.night import (DARK_ZURICH_CLASS_FREQUENCIES, CorrespondenceError, class_prior_weights,
-                               day_images, fuse_day_night, read_correspondences)
+                               dark_zurich_prior, day_images, fuse_day_night, read_correspondences)
 from sepico.data.real import SegmentationFolder
 from sepico.data.transforms import normalize
 from sepico.evaluation import evaluate, predict_logits
@@ -49,7 +49,8 @@ from sepico.train.config import Config, from_dict, validate
 from sepico.errors import ConfigError
 from sepico.train import data as run_data
 from sepico.train.data import Draw, TrainingView, build_datasets
-from tests.helpers import assert_same, make_cityscapes, scene_ids, scene_image, trainer_state, write_png
+from tests.helpers import (assert_same, independent_miou, make_cityscapes, scene_ids, scene_image, trainer_state,
+                           write_png)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -256,7 +257,10 @@ def test_a_tiny_day_night_run_resumes_bit_for_bit(tmp_path, trees):
     cfg.data.test_size = (0, 0)
     straight = Trainer(cfg, tmp_path / "straight", progress=False)
     result = straight.train()
-    assert straight.iteration == 4 and 0.0 <= result["miou"] <= 100.0
+    assert straight.iteration == 4
+    prior = dark_zurich_prior(cfg.data.dark_zurich_test_prior, 19)  # the official test's, on Dark Zurich images
+    assert result["miou"] == pytest.approx(independent_miou(straight.model, straight.data.target_test,
+                                                            straight.data.eval_classes, prior=prior), abs=1e-9)
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["pseudo_weight"] > 0 and "loss_cl_tgt" in r and "loss_mix" in r for r in records[:-1])
     first = Trainer(cfg, tmp_path / "split", progress=False)

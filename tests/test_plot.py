@@ -142,7 +142,7 @@ def test_a_training_run_draws_its_curves(tmp_path, capsys):
     capsys.readouterr()
     cfg.train.eval_interval = 3
     result = Trainer(cfg, tmp_path / "again", progress=False, draw_curves=lambda run_dir: 1 / 0).train()
-    assert 0.0 <= result["miou"] <= 100.0 and (tmp_path / "again" / "eval.json").is_file()
+    assert (tmp_path / "again" / "eval.json").is_file()
     warnings = [line for line in capsys.readouterr().err.splitlines() if "curves.png not drawn" in line]
     assert len(warnings) == 2 and "division by zero" in warnings[0]
     assert (tmp_path / "again" / "train.log").read_text().count("curves.png not drawn") == 2
