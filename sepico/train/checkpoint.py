@@ -105,8 +105,10 @@ def _first_line(err: BaseException) -> str:
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary files that a killed checkpoint save left behind; returns them."""
-    return remove_temporaries(run_dir, r"ckpt_\d{8}\.pt")
+    """Delete the temporary files that a killed write of a run file (a checkpoint, the config,
+    the metrics, ...) left behind; returns them."""
+    names = "|".join(re.escape(name) for name in RUN_FILES)
+    return remove_temporaries(run_dir, rf"ckpt_\d{{8}}\.pt|{names}")
 
 
 def newest_readable_checkpoint(run_dir: Path, map_location="cpu") -> tuple[Path, dict, list[Path]]:

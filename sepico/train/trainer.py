@@ -119,7 +119,7 @@ class Trainer:
             self._build(progress, local_rank)
             if self.rank == 0:
                 for stale in remove_stale_temporaries(self.run_dir):
-                    print(f"warning: removed {stale}, left by a checkpoint save that was cut short",
+                    print(f"warning: removed {stale}, left by a write that was cut short",
                           file=sys.stderr, flush=True)
             self._unreadable: list[Path] = []  # checkpoints a resume could not load: never pruned
             self._named: list[Path] = []  # ... of which the warning has named these
