@@ -220,6 +220,10 @@ def check_outputs(plan: dict, out, *, force: bool = False, archive=None, softwar
     input or a weight file), and no folder between ``out`` and a file is a link; ``OutputError``
     naming the first that may not (``what``: the option that named ``out``), before anything is written."""
     out, archive = Path(out), None if archive is None else Path(archive)
+    if not out.exists():
+        if out.is_symlink():
+            raise OutputError(f"{what}: {out} is a link to nothing; give a folder")
+        return  # made when the first file goes in: nothing there can be replaced
     inputs = list(plan)
     targets = [target for files in plan.values() for target, _ in files] + ([archive] if archive else [])
     seen = set()
@@ -258,8 +262,8 @@ def predict_files(model, plan: dict, out, *, num_classes: int, archive=None, pal
                           f"classes; the model predicts {num_classes}")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{what}: {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     check_outputs(plan, out, force=force, archive=archive, software=software, what=what)
+    out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     written, skipped = [], []
