@@ -67,12 +67,17 @@ demo-seeds: env
 
 # GPU readiness in one command (docs/kernels.md, "GPU check"): the environment (timed), the CUDA tests, the
 # quick benchmark with torch.compile(reference) and bandwidth, the full-resolution training step;
-# bench/results/<device>-<date>-gpu-check.{md,json} and $(GPU_CHECK_OUT) when set. Without CUDA: a
-# dry run of the same steps at tiny sizes on the CPU.
+# bench/results/<device>-<date>-gpu-check.{md,json} and $(GPU_CHECK_OUT) when set. Where $(PY)
+# already has a CUDA torch and triton (a GPU machine's own, perhaps offline), it runs with them as
+# they are, from this folder, and installs nothing. Without CUDA: a dry run of the same steps at
+# tiny sizes on the CPU, in .venv.
 .PHONY: gpu-check
 gpu-check:
-	@start=$$(date +%s); $(MAKE) --no-print-directory env && $(VPY) -m pip install -q -e ".[bench]" && \
-	  $(VPY) -m bench.gpu_check --install-s $$(( $$(date +%s) - start )) $${GPU_CHECK_OUT:+--out "$$GPU_CHECK_OUT"}
+	@start=$$(date +%s); \
+	if $(PY) -c "import sys, torch, triton; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
+	  py=$(PY); echo "gpu-check: $$($(PY) -c 'import sys; print(sys.executable)') has a CUDA torch: installing nothing"; \
+	else $(MAKE) --no-print-directory env && $(VPY) -m pip install -q -e ".[bench]" && py=$(VPY) || exit 1; fi; \
+	$$py -m bench.gpu_check --install-s $$(( $$(date +%s) - start )) $${GPU_CHECK_OUT:+--out "$$GPU_CHECK_OUT"}
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,8 +1,13 @@
 # The Triton interpreter must be switched on before triton is first imported: this file is loaded
 # before any test module, so the `triton` backend runs the real kernels on CPU tensors.
+# KERNELS_TEST_COMPILED=1 (make gpu-check, for tests/test_cuda.py alone) leaves it off: the
+# kernels are then compiled for the GPU, and the CPU tests of the other files would fail.
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+if os.environ.get("KERNELS_TEST_COMPILED") == "1":
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ["KERNELS_POISON"] = "1"  # outputs start as NaN: an element a kernel forgets stays NaN
 
