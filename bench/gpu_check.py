@@ -11,10 +11,13 @@ reported, and the others still run):
    ``torch.compile(reference)`` and ours side by side, with the achieved bandwidth (bytes the op
    must move / median time) and its share of the device's peak, and TFLOP/s;
 3. ``python -m bench.train_gpu`` at 1024 x 2048 with D = 512 in bfloat16: peak memory, seconds per
-   iteration.
+   iteration;
+4. ``python -m bench.kernel_times``: per loss case, the op's time against its kernels' device time
+   (``torch.profiler``), so that a slow op says whether its kernel or the host is the cause.
 
-It writes ``bench/results/<device>-<date>-gpu-check.{md,json}`` and, with ``--out`` (default:
-``$GPU_CHECK_OUT``), the same two files there. Without CUDA it prints "no CUDA device: dry run",
+It writes ``bench/results/<device>-<date>-gpu-check.{md,json}`` and each step's whole output
+(``...-gpu-check-<step>.log``) and, with ``--out`` (default: ``$GPU_CHECK_OUT``), the same files
+there. Without CUDA it prints "no CUDA device: dry run",
 runs the same steps on the CPU at tiny sizes (the benchmark's ``tiny`` set, a 64 x 128 training
 step), writes only to ``--out`` and exits 0.
 """
@@ -32,8 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Together at most 6 minutes, so that the check and a rerun fit a 15-minute GPU lease.
-STEP_LIMIT_S = {"cuda_tests": 150, "benchmark": 120, "training": 100}
+# Together at most 7 minutes, so that the check and a rerun fit a 15-minute GPU lease (an H200
+# took 146, 91, 23 s for the first three).
+STEP_LIMIT_S = {"cuda_tests": 210, "benchmark": 120, "training": 60, "kernel_times": 60}
 
 
 def _run(cmd, limit_s, env=None) -> dict:
@@ -48,7 +52,7 @@ def _run(cmd, limit_s, env=None) -> dict:
         partial = err.stdout or ""
         rc, out = "timeout", partial.decode(errors="replace") if isinstance(partial, bytes) else partial
     return {"command": " ".join(str(c) for c in cmd), "returncode": rc,
-            "wall_s": round(time.perf_counter() - start, 1), "output_tail": out[-4000:]}
+            "wall_s": round(time.perf_counter() - start, 1), "output_tail": out[-4000:], "output": out}
 
 
 def pytest_counts(output: str) -> dict:
@@ -62,8 +66,8 @@ def pytest_counts(output: str) -> dict:
 def cuda_tests(py: str) -> dict:
     step = _run([py, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/test_cuda.py"],
                 STEP_LIMIT_S["cuda_tests"], env={"KERNELS_TEST_COMPILED": "1"})
-    step["counts"] = pytest_counts(step["output_tail"])
-    step["failures"] = re.findall(r"^(?:FAILED|ERROR) (\S+)", step["output_tail"], flags=re.M)
+    step["counts"] = pytest_counts(step["output"])
+    step["failures"] = re.findall(r"^(?:FAILED|ERROR) (\S+)", step["output"], flags=re.M)
     return step
 
 
@@ -118,6 +122,14 @@ def training(py: str, cuda: bool, tmp: Path) -> dict:
     return step
 
 
+def kernel_times(py: str, cuda: bool, tmp: Path) -> dict:
+    out = tmp / "kernel_times.json"
+    args = ["--calls", "10"] if cuda else ["--device", "cpu", "--tiny", "--calls", "2"]
+    step = _run([py, "-m", "bench.kernel_times", *args, "--out", str(out)], STEP_LIMIT_S["kernel_times"])
+    step["rows"] = json.loads(out.read_text())["rows"] if out.exists() else []
+    return step
+
+
 def markdown(report: dict) -> str:
     env, tests, bench, train = report["environment"], report["cuda_tests"], report["benchmark"], report["training"]
     kind = "GPU" if report["cuda"] else "CPU dry run (no CUDA device): every figure below is a CPU figure"
@@ -150,6 +162,16 @@ def markdown(report: dict) -> str:
             lines.append(f"- iterations per second: {1 / res['step_s_median']:.3f}")
     else:
         lines.append("no result: see the output tail in the JSON")
+    times = report["kernel_times"]
+    lines += ["", f"## Where a loss call's time goes (`{times['command']}`): exit {times['returncode']}, "
+              f"{times['wall_s']} s", "",
+              "| op | mode | ms per call | kernels' device ms | host wait ms | largest kernel |",
+              "|---|---|---|---|---|---|"]
+    for r in times["rows"]:
+        busy = "" if r["kernels_ms"] is None else f"{r['kernels_ms']:.3f}"
+        wait = "" if r["host_wait_ms"] is None else f"{r['host_wait_ms']:.3f}"
+        top = f"{r['top'][0]['name']} {r['top'][0]['ms_per_call']:.3f} ms" if r["top"] else ""
+        lines.append(f"| {r['op']} | {r['mode']} | {r['op_ms']:.3f} | {busy} | {wait} | {top} |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +201,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         tmp = Path(tmp)
         for name, fn in (("cuda_tests", lambda: cuda_tests(py)), ("benchmark", lambda: benchmark(py, cuda, tmp)),
-                         ("training", lambda: training(py, cuda, tmp))):
+                         ("training", lambda: training(py, cuda, tmp)),
+                         ("kernel_times", lambda: kernel_times(py, cuda, tmp))):
             print(f"[gpu-check] {name} ...", flush=True)
             report[name] = fn()
             print(f"[gpu-check] {name}: exit {report[name]['returncode']} in {report[name]['wall_s']} s", flush=True)
@@ -191,10 +214,13 @@ def main(argv=None) -> int:
     if cuda:
         folders.append(ROOT / "bench" / "results")
     stem = f"{environment.device_slug(device)}-{_dt.date.today().isoformat()}-gpu-check"
+    logs = {name: report[name].pop("output") for name in STEP_LIMIT_S}
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         (folder / f"{stem}.md").write_text(text)
+        for name, log in logs.items():
+            (folder / f"{stem}-{name}.log").write_text(log)
         print(f"wrote {folder / stem}.{{md,json}}")
     return 0
 

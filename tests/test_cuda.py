@@ -12,7 +12,7 @@ import kernels
 from kernels._backend import interpreting
 from sepico.reference import (class_moments_reference, dist_contrastive_loss_reference,
                               update_class_distribution_reference)
-from tests.parity import assert_parity, make_feats, make_labels, make_stats
+from tests.parity import assert_parity, make_feats, make_labels, make_stats, rel_error
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"),
@@ -60,10 +60,14 @@ def test_loss_on_cuda_matches_float64(tf32, cov_kind, n, d, c):
     loss, grad = run(kernels.dist_contrastive_loss, DEV, dtype, torch.float32)
     loss_t, grad_t = run(dist_contrastive_loss_reference, "cpu", torch.float64, torch.float64)
     loss_e, grad_e = run(dist_contrastive_loss_reference, DEV, dtype, dtype)
-    if tf32 == "tf32":  # its own tolerance; the eager reference in float32 is no bound for it
-        for what, a, t in (("loss", loss, loss_t), ("gradient", grad, grad_t)):
-            err = ((a.double() - t).abs().max() / t.abs().max()).item()
-            assert err <= TOL["tf32"], f"{what} tf32 error {err:.2e}"
+    if tf32 == "tf32":
+        # The three-way rule with the eager reference in TF32 too (allow_tf32 is on for its
+        # matmuls) and the tf32 floor: TF32 operands alone (10-bit mantissas) put the float64
+        # gradient 2.5e-4 to 3.4e-4 off on these inputs, so a bare 3e-4 cap cannot hold for any
+        # TF32 implementation (an H200 run failed all six cases so).
+        for what, a, t, e in (("loss", loss, loss_t, loss_e), ("gradient", grad, grad_t, grad_e)):
+            err, eager_err = rel_error(a, t), rel_error(e, t)
+            assert err <= eager_err + TOL["tf32"], f"{what} tf32 error {err:.2e}, eager TF32 {eager_err:.2e}"
         return
     assert_parity(loss, loss_t, dtype, eager=loss_e, what=f"cuda loss {cov_kind}")
     assert_parity(grad, grad_t, dtype, eager=grad_e, what=f"cuda loss gradient {cov_kind}")
@@ -170,7 +174,9 @@ def test_torch_compile_of_a_step_with_the_kernels_inside():
     from sepico.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("daformer_mit_b0", num_classes=19, proj_dim=64, embed_dim=64, channels=64).to(DEV)
+    # eval(): MiT's stochastic depth and dropout would draw different random numbers in the eager
+    # and the compiled call (their results then differed by 1.6e-4 relative, on the CPU path too).
+    model = build_model("daformer_mit_b0", num_classes=19, proj_dim=64, embed_dim=64, channels=64).to(DEV).eval()
     gen = torch.Generator().manual_seed(0)
     mean, cov = (t.to(DEV) for t in make_stats(19, 64, gen))
     images = torch.rand(2, 3, 128, 128, device=DEV)

@@ -21,8 +21,10 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     (report_file,) = tmp_path.glob("*-gpu-check.json")
     report = json.loads(report_file.read_text())
     assert report["cuda"] is False and report["environment"]["install_s"] == "7"
-    for step in ("cuda_tests", "benchmark", "training"):
+    for step in ("cuda_tests", "benchmark", "training", "kernel_times"):
         assert report[step]["returncode"] == 0, report[step]["output_tail"]
+        log = report_file.with_name(report_file.stem + f"-{step}.log").read_text()
+        assert log.endswith(report[step]["output_tail"]) and "output" not in report[step]
     tests = report["cuda_tests"]["counts"]
     assert tests.get("skipped", 0) > 0 and set(tests) == {"skipped"}  # every CUDA test, skipped here
     rows = [r for r in report["bandwidth"] if r["status"] == "ok"]
@@ -30,6 +32,9 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     assert any(i.startswith("eager") for i in impls) and any(i.startswith("ours") for i in impls)
     assert all(r["median_ms"] > 0 and r["gb_per_s"] > 0 for r in rows)
     assert report["training"]["result"]["step_s_median"] > 0
+    times = report["kernel_times"]["rows"]
+    assert {(r["op"], r["mode"]) for r in times} >= {("loss DistCL diag", "fwd+bwd"), ("loss DistCL diag", "fwd (no grad)")}
+    assert all(r["op_ms"] > 0 and r["top"] for r in times)
     markdown = report_file.with_suffix(".md").read_text()
     assert "CPU dry run" in markdown and "| loss DistCL diag | fwd+bwd |" in markdown
     assert sorted((ROOT / "bench" / "results").iterdir()) == results  # a dry run commits nothing
