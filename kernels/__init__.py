@@ -9,6 +9,11 @@ forces one; with ``TRITON_INTERPRET=1`` set before triton is imported, the ``tri
 the real kernels on CPU tensors through the Triton interpreter, with large interpreter tiles;
 ``with kernels.tiles("gpu")`` (or ``KERNELS_TILES=gpu``) makes it run the GPU launch
 configurations instead.
+
+Under ``torch.compile`` every op is a graph break (``torch.compiler.disable``): it runs as it does
+eagerly, and the compiled graphs before and after it connect through autograd. Dynamo cannot
+trace the ops' launch descriptions (``InternalTorchDynamoError`` on an H200 with torch 2.11), and
+a fused kernel has nothing for the compiler to fuse.
 """
 from ._backend import backend, interpreting, requested_backend, tiles
 from ._checks import check_label_range, check_num_classes, mark_labels_checked

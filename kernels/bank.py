@@ -251,6 +251,7 @@ def bank_forward_torch(feats, labels, bank, lengths, temperature, ignore_index, 
     return per_pixel, grad
 
 
+@torch.compiler.disable  # a graph break under torch.compile (kernels/__init__.py)
 def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ignore_index=255,
                           reduction="mean", reg_weight=0.0, mean=None):
     """Memory-bank pixel contrastive loss (SePiCo BankCL).

@@ -362,6 +362,7 @@ def _scale(mean, cov, ratio, temperature, acc):
     return m, (a * (ratio / (2.0 * temperature * temperature))).contiguous()
 
 
+@torch.compiler.disable  # a graph break under torch.compile (kernels/__init__.py)
 def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperature=100.0,
                           ignore_index=255, weight=None, reduction="mean", reg_weight=0.0):
     """Distribution-aware pixel contrastive loss (SePiCo DistCL; ProtoCL when ``cov`` is None).

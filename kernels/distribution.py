@@ -136,6 +136,7 @@ def _check_running(count, mean, cov, dim):
             raise TypeError(f"{name} must be float32 or float64 like mean ({mean.dtype}), got {t.dtype}")
 
 
+@torch.compiler.disable  # a graph break under torch.compile (kernels/__init__.py)
 def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=255):
     """Merge a batch's per-class mean and covariance into running statistics.
 
@@ -173,6 +174,7 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
         return merge(count, mean, cov, n_b, batch_mean, centred.to(mean.dtype))
 
 
+@torch.compiler.disable  # a graph break under torch.compile (kernels/__init__.py)
 def merge_class_moments(count, mean, cov, batch_count, batch_total, batch_second, *, shift=None):
     """Merge batch moments (``kernels.class_moments``, possibly summed over processes) into
     running statistics with the same count-weighted rule as `update_class_distribution`.

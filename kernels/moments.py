@@ -89,10 +89,7 @@ def _class_moment_partials_kernel(
                          mask=tile_j, other=0.0).to(tl.float32)
             if HAS_SHIFT:
                 zj = tl.where(tile_j, zj - shift_j[None, :], 0.0)
-            # Each tile's products summed on their own, then added: accumulating into acc_full
-            # inside the dot chains every row of the class into one sequential float32 sum, whose
-            # rounding grew to 1.6e-5 on an H200 with bfloat16 inputs (tests/test_cuda.py).
-            acc_full += tl.dot(tl.trans(zi), zj, input_precision="ieee")
+            acc_full = tl.dot(tl.trans(zi), zj, acc_full, input_precision="ieee")
     slot = (s * C + c).to(tl.int64)
     if WITH_TOTAL:
         if dj == 0:  # with FULL, the first column tile writes the sums
@@ -210,6 +207,7 @@ def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with
     return total, second
 
 
+@torch.compiler.disable  # a graph break under torch.compile (kernels/__init__.py)
 def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="diag", shift=None):
     """Per-class pixel counts, sums and second moments of a batch.
 
