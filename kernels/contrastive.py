@@ -35,6 +35,19 @@ from ._layout import image_rows, pixel_layout, pixel_map
 
 
 @triton.jit
+def _dot_operand(x, PRECISION: tl.constexpr):
+    """A float32 tl.dot operand; under "tf32" rounded to TF32 (10 mantissa bits, to nearest even,
+    Inf and NaN kept), the rounding cuBLAS does. Without it the tensor cores truncate the low
+    bits (tl.dot's documentation warns of this): a bias that left the gradient 1e-3 off float64
+    on an H200, three times the eager TF32 reference's error (tests/test_cuda.py)."""
+    if PRECISION == "tf32":
+        bits = x.to(tl.int32, bitcast=True)
+        rounded = (bits + (((bits >> 13) & 1) + 0xFFF)) & -8192
+        x = tl.where((bits & 0x7F800000) == 0x7F800000, x, rounded.to(tl.float32, bitcast=True))
+    return x
+
+
+@triton.jit
 def _cov_times_z(z_rows, stride_zd, mask_n, A_c, offs_j, mask_j, D,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     """[BLOCK_N, BLOCK_D] chunk (columns offs_j) of z @ A_c for one class's D x D matrix
@@ -47,7 +60,7 @@ def _cov_times_z(z_rows, stride_zd, mask_n, A_c, offs_j, mask_j, D,
                      mask=mask_n[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
         a = tl.load(A_c + offs_k[:, None] * D + offs_j[None, :],
                     mask=mask_k[:, None] & mask_j[None, :], other=0.0)
-        u = tl.dot(zk, a, u, input_precision=PRECISION)
+        u = tl.dot(_dot_operand(zk, PRECISION), _dot_operand(a, PRECISION), u, input_precision=PRECISION)
     return u
 
 
@@ -110,9 +123,12 @@ def _dist_contrastive_kernel(
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
         stats_t = offs_c[None, :] * D + offs_d[:, None]
         mask_t = mask_c[None, :] & mask_d[:, None]
-        lin = tl.dot(z, tl.load(M + stats_t, mask=mask_t, other=0.0), lin, input_precision=PRECISION)
+        lin = tl.dot(_dot_operand(z, PRECISION),
+                     _dot_operand(tl.load(M + stats_t, mask=mask_t, other=0.0), PRECISION), lin,
+                     input_precision=PRECISION)
         if COV_MODE == 1:
-            quad = tl.dot(z * z, tl.load(A + stats_t, mask=mask_t, other=0.0), quad,
+            quad = tl.dot(_dot_operand(z * z, PRECISION),
+                          _dot_operand(tl.load(A + stats_t, mask=mask_t, other=0.0), PRECISION), quad,
                           input_precision=PRECISION)
     if COV_MODE == 2:
         for c in range(0, C):
@@ -151,11 +167,14 @@ def _dist_contrastive_kernel(
             mask_d = offs_d < D
             stats = offs_c[:, None] * D + offs_d[None, :]
             mask_s = mask_c[:, None] & mask_d[None, :]
-            g = tl.dot(coef, tl.load(M + stats, mask=mask_s, other=0.0), input_precision=PRECISION)
+            g = tl.dot(_dot_operand(coef, PRECISION),
+                       _dot_operand(tl.load(M + stats, mask=mask_s, other=0.0), PRECISION),
+                       input_precision=PRECISION)
             if COV_MODE == 1:
                 z = tl.load(z_rows + offs_d.to(tl.int64)[None, :] * stride_zd,
                             mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-                g += 2.0 * z * tl.dot(pw, tl.load(A + stats, mask=mask_s, other=0.0),
+                g += 2.0 * z * tl.dot(_dot_operand(pw, PRECISION),
+                                      _dot_operand(tl.load(A + stats, mask=mask_s, other=0.0), PRECISION),
                                       input_precision=PRECISION)
             if COV_MODE == 2:
                 for c in range(0, C):
