@@ -55,10 +55,15 @@ def _run(cmd, limit_s, env=None) -> dict:
             "wall_s": round(time.perf_counter() - start, 1), "output_tail": out[-4000:], "output": out}
 
 
+_SUMMARY = re.compile(r"^=*\s*\d+ (passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b.* in [\d.]+s")
+
+
 def pytest_counts(output: str) -> dict:
-    """{"passed": n, "failed": n, "skipped": n, ...} from pytest's closing line."""
+    """{"passed": n, "failed": n, "skipped": n, ...} from pytest's closing line alone (a failure
+    message such as "tf32 error 1.1e-03" once counted as 32 errors)."""
+    closing = next((line for line in reversed(output.splitlines()) if _SUMMARY.match(line)), "")
     counts = {}
-    for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", output):
+    for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", closing):
         counts[word.rstrip("s") if word.startswith("error") else word] = int(number)
     return counts
 

@@ -38,3 +38,14 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     markdown = report_file.with_suffix(".md").read_text()
     assert "CPU dry run" in markdown and "| loss DistCL diag | fwd+bwd |" in markdown
     assert sorted((ROOT / "bench" / "results").iterdir()) == results  # a dry run commits nothing
+
+
+def test_counts_come_from_pytest_closing_line_alone():
+    from bench.gpu_check import pytest_counts
+
+    log = ("E   AssertionError: gradient tf32 error 1.13e-03, eager TF32 3.62e-07\n"
+           "FAILED tests/test_cuda.py::test_x - 3 passed in spirit\n"
+           "7 failed, 20 passed, 17 warnings in 168.05s (0:02:48)\n")
+    assert pytest_counts(log) == {"failed": 7, "passed": 20}
+    assert pytest_counts("== 2 passed, 1 error in 3.1s ==\n") == {"passed": 2, "error": 1}
+    assert pytest_counts("collecting ... interrupted") == {}
