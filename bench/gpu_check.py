@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Together at most 7 minutes, so that the check and a rerun fit a 15-minute GPU lease (an H200
+# Together at most 7 minutes, so that the check and a rerun fit in 15 minutes of GPU time (an H200
 # took 146, 91, 23 s for the first three).
 STEP_LIMIT_S = {"cuda_tests": 210, "benchmark": 120, "training": 60, "kernel_times": 60}
 
