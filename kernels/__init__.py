@@ -16,13 +16,13 @@ trace the ops' launch descriptions (``InternalTorchDynamoError`` on an H200 with
 a fused kernel has nothing for the compiler to fuse.
 """
 from ._backend import backend, interpreting, requested_backend, tiles
-from ._checks import check_label_range, check_num_classes, mark_labels_checked
+from ._checks import CheckedLabels, check_label_range, check_num_classes, checked_labels
 from .bank import bank_contrastive_loss
 from .contrastive import dist_contrastive_loss
 from .distribution import merge_class_moments, update_class_distribution
 from .moments import class_moments
 
-__all__ = ["backend", "bank_contrastive_loss", "check_label_range", "check_num_classes",
-           "class_moments", "dist_contrastive_loss", "interpreting", "mark_labels_checked",
+__all__ = ["CheckedLabels", "backend", "bank_contrastive_loss", "check_label_range", "check_num_classes",
+           "checked_labels", "class_moments", "dist_contrastive_loss", "interpreting",
            "merge_class_moments",
            "requested_backend", "tiles", "update_class_distribution"]

@@ -3,7 +3,7 @@ plus one cheap label-range check; and the covariance kind every op encodes the s
 """
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass
 
 import torch
 
@@ -66,66 +66,65 @@ def check_same_device(**tensors) -> None:
             raise ValueError(f"{k} is on {dev} but {first_name} is on {first}; move them to one device")
 
 
-class Memo:
-    """Values computed from tensors, reused while those tensors are unchanged: the same objects,
-    no in-place write since (their version counters). Holds weak references to the tensors, so
-    it keeps nothing alive; ``size`` entries, the oldest dropped first."""
-
-    def __init__(self, size: int):
-        self._size = size
-        self._entries: list = []
-
-    @staticmethod
-    def _state(tensors):
-        return tuple(None if t is None else (weakref.ref(t), t._version) for t in tensors)
-
-    @staticmethod
-    def _same(state, tensors) -> bool:
-        return all((t is None and s is None) or (t is not None and s is not None and s[0]() is t
-                                                 and t._version == s[1])
-                   for s, t in zip(state, tensors))
-
-    def get(self, tensors: tuple, key):
-        if any(t is not None and t.is_inference() for t in tensors):
-            return None  # inference tensors have no version counter
-        for state, k, value in self._entries:
-            if k == key and self._same(state, tensors):
-                return value
-        return None
-
-    def put(self, tensors: tuple, key, value) -> None:
-        if any(t is not None and t.is_inference() for t in tensors):
-            return
-        self._entries = [e for e in self._entries if all(s is None or s[0]() is not None for s in e[0])]
-        self._entries.append((self._state(tensors), key, value))
-        del self._entries[:-self._size]
+@dataclass(frozen=True)
+class CheckedLabels:
+    """Labels known to hold only [0, C) or ignore_index: made by ``checked_labels``, taken by
+    every op in place of the label tensor. An op given one runs no range check (no reduction, no
+    host sync); from metadata alone it checks that C and ignore_index are its own and that the
+    tensor was not written in place since (its version counter)."""
+    tensor: torch.Tensor
+    num_classes: int
+    ignore_index: int
+    version: int | None  # None for an inference tensor, which keeps no version counter
 
 
-_checked_labels = Memo(8)
+def _version(t: torch.Tensor) -> int | None:
+    return None if t.is_inference() else t._version
 
 
-def check_label_range(labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
-    """Every label is ignore_index or in [0, C): one reduction and one host sync the first time a
-    label tensor is checked for (C, ignore_index); none again while it is unchanged (`Memo`), so
-    the labels of a training step cost one sync however many ops read them."""
+def checked_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 255, *,
+                   in_range: bool = False) -> CheckedLabels:
+    """``labels`` (int64 or int32) range-checked once for (C, ignore_index): one reduction and
+    one host sync, then any number of ops read them without either. ``in_range=True``: the
+    caller made them in range (labels downscaled from checked ones, say), so nothing is checked."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype not in INT_LABELS:
+        raise TypeError(f"labels must be int64 or int32, got {labels.dtype}")
+    check_num_classes(num_classes)
+    if not in_range:
+        check_label_range(labels, num_classes, ignore_index)
+    elif isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
+    return CheckedLabels(labels, num_classes, ignore_index, _version(labels))
+
+
+def label_tensor(labels):
+    """The tensor behind ``labels`` (a tensor or ``CheckedLabels``), for the shape and device checks."""
+    return labels.tensor if isinstance(labels, CheckedLabels) else labels
+
+
+def check_label_range(labels, num_classes: int, ignore_index: int) -> None:
+    """Every label is ignore_index or in [0, C). A tensor: one reduction and one host sync. A
+    ``CheckedLabels``: its C, ignore_index and version, from metadata."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
-    if labels.numel() == 0 or _checked_labels.get((labels,), (num_classes, ignore_index)):
+    if isinstance(labels, CheckedLabels):
+        if (labels.num_classes, labels.ignore_index) != (num_classes, ignore_index):
+            raise ValueError(f"labels were checked for num_classes={labels.num_classes}, ignore_index="
+                             f"{labels.ignore_index}; this op has num_classes={num_classes}, "
+                             f"ignore_index={ignore_index}")
+        if _version(labels.tensor) != labels.version:
+            raise ValueError("labels were written in place after kernels.checked_labels checked them; "
+                             "check them again")
+        return
+    if labels.numel() == 0:
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         value = int(labels[bad][0])
         raise ValueError(f"labels must be in [0, {num_classes}) or ignore_index={ignore_index}; "
                          f"found {value}")
-    _checked_labels.put((labels,), (num_classes, ignore_index), True)
-
-
-def mark_labels_checked(labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """Record that ``labels`` hold only [0, C) or ignore_index because the caller made them so
-    (labels downscaled from checked ones, say): the ops skip their range check, and its host
-    sync, for this tensor while it is unchanged. Returns ``labels``."""
-    _checked_labels.put((labels,), (num_classes, ignore_index), True)
-    return labels
 
 
 def check_stats(mean, cov, num_classes: int | None, dim: int) -> None:

@@ -30,7 +30,8 @@ import triton
 import triton.language as tl
 
 from ._backend import interpreter_tiles, requested_backend, resolve_backend
-from ._checks import check_dim, check_feats, check_label_range, check_labels, check_same_device, sort_by_class
+from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_same_device, label_tensor,
+                      sort_by_class)
 from ._launch import gradient_buffer, Launch, poisoned_empty
 from ._layout import gather_pixels, pixel_layout, pixel_map, pixel_offsets, scatter_pixels
 from ._pixel_loss import PixelLossParams, check_loss_options, pixel_loss
@@ -260,7 +261,8 @@ def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ig
         feats: [N, D] rows or a [B, D, h, w] map (any strides) of float32, float16 or bfloat16
             embeddings (float64 too); its gradient comes in the map's layout, like
             `dist_contrastive_loss`'s.
-        labels: one int64 or int32 label per pixel ([N] or [B, h, w]) in [0, C) or ``ignore_index``.
+        labels: one int64 or int32 label per pixel ([N] or [B, h, w]) in [0, C) or ``ignore_index``,
+            or a ``kernels.CheckedLabels`` of them (as for ``dist_contrastive_loss``).
         bank: [C, L, D] queues, class c's entries ``bank[c, :lengths[c]]`` oldest first (the
             estimator's state); constants. lengths: [C] integers in [1, L].
         temperature: tau. reduction: ``"mean"`` over valid pixels, ``"sum"`` or ``"none"``.
@@ -272,6 +274,7 @@ def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ig
         pixel is valid. Extra memory: the gradient buffer plus chunk x max(L, C, D) temporaries.
     """
     check_feats(feats)
+    given_labels, labels = labels, label_tensor(labels)
     check_labels(labels, feats)
     feats = pixel_map(feats)
     dim = feats.shape[1]
@@ -303,7 +306,7 @@ def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ig
                              "(an estimator with memory_length=0 keeps no bank)")
         if n > bank.shape[1]:
             raise ValueError(f"lengths[{c}] = {n} exceeds the bank's L = {bank.shape[1]}")
-    check_label_range(labels, num_classes, ignore_index)
+    check_label_range(given_labels, num_classes, ignore_index)
     acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
     labels = labels.reshape(-1).contiguous()
     on_triton = resolve_backend(feats, bank, mean) == "triton"

@@ -29,7 +29,7 @@ import triton.language as tl
 from ._pixel_loss import PixelLossParams, check_loss_options, pixel_loss
 from ._backend import interpreter_tiles, resolve_backend
 from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_pixel_values,
-                      check_same_device, check_stats, COV_DIAG, COV_FULL, COV_NONE, Memo)
+                      check_same_device, check_stats, COV_DIAG, COV_FULL, COV_NONE, label_tensor)
 from ._launch import gradient_buffer, Launch, poisoned_empty
 from ._layout import image_rows, pixel_layout, pixel_map
 
@@ -357,21 +357,9 @@ def contrastive_forward_torch(feats, labels, m, a, weight, ignore_index, want_gr
     return per_pixel, grad
 
 
-_scaled = Memo(2)
-
-
 def _scaled_statistics(mean, cov, ratio, temperature, acc):
     """M = mean / tau; A = r / (2 tau^2) cov, symmetrised when full; None when it cannot matter.
-    Computed once for unchanged statistics (`Memo`: the passes of a training step share them)."""
-    key = (float(ratio), float(temperature), acc)
-    cached = _scaled.get((mean, cov), key)
-    if cached is None:
-        cached = _scale(mean, cov, ratio, temperature, acc)
-        _scaled.put((mean, cov), key, cached)
-    return cached
-
-
-def _scale(mean, cov, ratio, temperature, acc):
+    Every call: O(C D^2) elementwise work at most, nothing beside the loss's O(N C D)."""
     m = (mean.to(acc) / temperature).contiguous()
     if cov is None or ratio == 0:
         return m, None
@@ -390,7 +378,8 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
         feats: [N, D] rows or a [B, D, h, w] map (any strides) of float32, float16 or bfloat16
             embeddings (float64 on the torch backend). A map runs in one launch and gets its
             gradient in its own layout (contiguous, or channels-last for a channels-last map).
-        labels: one int64 or int32 label per pixel, [N] or [B, h, w], in [0, C) or ``ignore_index``.
+        labels: one int64 or int32 label per pixel, [N] or [B, h, w], in [0, C) or ``ignore_index``
+            (range-checked, one host sync), or a ``kernels.CheckedLabels`` of them (not checked again).
         mean: [C, D] class means. cov: [C, D] diagonal or [C, D, D] full covariances, or None.
             Statistics are constants: passing ones that require grad is an error.
         ratio: covariance scale r. temperature: tau, a divisor of the logits.
@@ -409,6 +398,7 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
         (the regulariser's zbar is a matrix-vector product with weight 0 at ignored pixels).
     """
     check_feats(feats)
+    given_labels, labels = labels, label_tensor(labels)
     check_labels(labels, feats)
     feats = pixel_map(feats)
     dim = feats.shape[1]
@@ -429,7 +419,7 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
     if not (isinstance(ratio, (int, float)) and abs(ratio) < float("inf")):
         raise ValueError(f"ratio must be a finite number, got {ratio!r}")
     check_same_device(feats=feats, labels=labels, mean=mean, cov=cov, weight=weight)
-    check_label_range(labels, num_classes, ignore_index)
+    check_label_range(given_labels, num_classes, ignore_index)
 
     on_triton = resolve_backend(feats, mean, cov) == "triton"
     acc = torch.float64 if feats.dtype == torch.float64 else torch.float32

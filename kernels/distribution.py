@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from ._backend import interpreter_tiles, resolve_backend
-from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_same_device,
-                      check_stats, COV_DIAG, COV_FULL, COV_NONE, sort_by_class)
+from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_same_device, check_stats,
+                      COV_DIAG, COV_FULL, COV_NONE, label_tensor, sort_by_class)
 from ._launch import Launch, poisoned_empty
 from ._layout import pixel_map
 from .moments import moment_partials_torch, moment_partials_triton
@@ -145,20 +145,21 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
             [C, D, D] (full). All float32 (float64 on the torch backend), same dtype.
         feats: [N, D] rows or a [B, D, h, w] map (any strides, read in place) of float32, float16
             or bfloat16 embeddings; labels: one int64 or int32 label per pixel ([N] or
-            [B, h, w]) in [0, C) or ``ignore_index``.
+            [B, h, w]) in [0, C) or ``ignore_index``, or a ``kernels.CheckedLabels`` of them.
 
     Returns:
         New ``(count, mean, cov)`` tensors (the inputs are not modified). Classes absent from the
         batch keep their statistics unchanged; bit-for-bit reproducible on the same device.
     """
     check_feats(feats)
+    given_labels, labels = labels, label_tensor(labels)
     check_labels(labels, feats)
     _check_running(count, mean, cov, feats.shape[1])
     num_classes, dim = mean.shape
     full = cov.dim() == 3
     check_dim(dim, full)
     check_same_device(count=count, mean=mean, cov=cov, feats=feats, labels=labels)
-    check_label_range(labels, num_classes, ignore_index)
+    check_label_range(given_labels, num_classes, ignore_index)
     count, mean, cov = count.contiguous(), mean.contiguous(), cov.contiguous()
     feats = pixel_map(feats)
     order, bounds = sort_by_class(labels.reshape(-1), num_classes, ignore_index)

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ._backend import interpreter_tiles, resolve_backend
 from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_num_classes,
-                      check_same_device, COV_DIAG, COV_FULL, COV_NONE, sort_by_class)
+                      check_same_device, COV_DIAG, COV_FULL, COV_NONE, label_tensor, sort_by_class)
 from ._launch import Launch, poisoned_empty
 from ._layout import gather_pixels, pixel_layout, pixel_map, pixel_offsets
 
@@ -215,7 +215,7 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         feats: [N, D] rows or a [B, D, h, w] map (any strides, read in place) of float32, float16
             or bfloat16 embeddings (float64 on the torch backend).
         labels: one int64 or int32 class id per pixel, [N] or [B, h, w], in [0, num_classes) or
-            ``ignore_index``.
+            ``ignore_index``, or a ``kernels.CheckedLabels`` of them (as for ``dist_contrastive_loss``).
         num_classes: C, from 1 to 256.
         covariance: ``"diag"`` for sums of squares [C, D], ``"full"`` for sums of outer products
             [C, D, D].
@@ -233,6 +233,7 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
     check_feats(feats)
     check_num_classes(num_classes)
+    given_labels, labels = labels, label_tensor(labels)
     check_labels(labels, feats)
     full = covariance == "full"
     check_dim(feats.shape[1], full)
@@ -242,7 +243,7 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
             raise TypeError("shift must be a floating-point torch.Tensor [C, D] or None")
         if shift.shape != (num_classes, feats.shape[1]):
             raise ValueError(f"shift must have shape [{num_classes}, {feats.shape[1]}], got {tuple(shift.shape)}")
-    check_label_range(labels, num_classes, ignore_index)
+    check_label_range(given_labels, num_classes, ignore_index)
     feats = pixel_map(feats)
     order, bounds = sort_by_class(labels.reshape(-1), num_classes, ignore_index)
     count = (bounds[1:] - bounds[:-1]).to(torch.float32)

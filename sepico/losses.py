@@ -91,7 +91,7 @@ def downscale_labels(label, scale_factor, *, num_classes, min_ratio=0.75, ignore
                          f"{scale_factor}")
     kernels.check_label_range(label, num_classes, ignore_index)
     if scale_factor == 1:
-        return kernels.mark_labels_checked(label.to(torch.int64, copy=True), num_classes, ignore_index)
+        return label.to(torch.int64, copy=True)
     s = scale_factor
     h, w = height // s, width // s
     cells = label.reshape(batch, h, s, w, s)
@@ -108,9 +108,7 @@ def downscale_labels(label, scale_factor, *, num_classes, min_ratio=0.75, ignore
     # The reference averages a float one-hot; its share is this exact float32 quotient.
     share = best_count.to(torch.float32) / float(s * s)
     drop = (best_class == num_classes) | (share < min_ratio)
-    # Winners of checked labels: in range by construction, so no op checks (or syncs) again.
-    return kernels.mark_labels_checked(torch.where(drop, ignore_index, best_class).unsqueeze(1),
-                                       num_classes, ignore_index)
+    return torch.where(drop, ignore_index, best_class).unsqueeze(1)
 
 
 def labels_at_feature_resolution(label, feat_size, *, use_avg_pool=True, scale_min_ratio=0.75,
@@ -134,13 +132,12 @@ def labels_at_feature_resolution(label, feat_size, *, use_avg_pool=True, scale_m
         return downscale_labels(label, factor, num_classes=num_classes, min_ratio=scale_min_ratio,
                                 ignore_index=ignore_index)
     kernels.check_label_range(label, num_classes, ignore_index)
-    return kernels.mark_labels_checked(label[:, :, ::factor, ::factor].to(torch.int64, copy=True),
-                                       num_classes, ignore_index)
+    return label[:, :, ::factor, ::factor].to(torch.int64, copy=True)
 
 
 def _feature_labels(feat: torch.Tensor, label, *, use_avg_pool, scale_min_ratio, num_classes,
-                    ignore_index) -> torch.Tensor:
-    """The labels [B, h, w] of ``feat``'s pixels (``labels_at_feature_resolution``)."""
+                    ignore_index) -> kernels.CheckedLabels:
+    """The labels [B, h, w] of ``feat``'s pixels (``labels_at_feature_resolution``), checked."""
     _check_feat(feat)
     label = _label_map(label)
     if label.shape[0] != feat.shape[0]:
@@ -150,7 +147,8 @@ def _feature_labels(feat: torch.Tensor, label, *, use_avg_pool, scale_min_ratio,
     small = labels_at_feature_resolution(label, feat.shape[-2:], use_avg_pool=use_avg_pool,
                                          scale_min_ratio=scale_min_ratio, num_classes=num_classes,
                                          ignore_index=ignore_index).squeeze(1)
-    return kernels.mark_labels_checked(small, num_classes, ignore_index)
+    # Made from labels checked above: in range by construction, so no op checks (or syncs) again.
+    return kernels.checked_labels(small, num_classes, ignore_index, in_range=True)
 
 
 def _check_classes(stats: torch.Tensor, num_classes: int, name: str) -> None:

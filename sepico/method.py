@@ -9,9 +9,8 @@ the contrastive loss of one variant, behind three calls.
 
 `labels` brings image-resolution labels to the feature grid once (majority vote or nearest
 neighbour) and checks their range once; the estimator update and every loss of the step then read
-the same [B, h, w] tensor, and the kernels' range check does not run (nor sync) again for it. The
-statistics are scaled for the loss once per update (``kernels.dist_contrastive_loss`` keeps the
-scaled copy of unchanged statistics). Embeddings go in as the [B, D, h, w] maps the projection
+the same [B, h, w] tensor as a ``kernels.CheckedLabels``, so the kernels' range check does not
+run (nor sync) again for it. Embeddings go in as the [B, D, h, w] maps the projection
 head emits: one kernel launch per call, no [N, D] copy, the gradient in the map's own layout.
 """
 from __future__ import annotations
@@ -86,11 +85,12 @@ class SePiCo:
                    use_avg_pool=method.use_avg_pool, scale_min_ratio=method.scale_min_ratio,
                    device=device)
 
-    def labels(self, label: torch.Tensor, feat_size) -> torch.Tensor:
-        """Image-resolution labels [B, 1, H, W] or [B, H, W] as [B, h, w] int64 labels of the
-        feature grid ``feat_size`` = (h, w), range-checked (one host sync)."""
+    def labels(self, label: torch.Tensor, feat_size) -> kernels.CheckedLabels:
+        """Image-resolution labels [B, 1, H, W] or [B, H, W] as the [B, h, w] int64 labels of the
+        feature grid ``feat_size`` = (h, w) (``.tensor``): the image labels range-checked (one host
+        sync), the result taken by ``update`` and ``loss`` without another check."""
         small = losses.labels_at_feature_resolution(label, feat_size, **self._label_options).squeeze(1)
-        return kernels.mark_labels_checked(small, self.num_classes, self.ignore_index)
+        return kernels.checked_labels(small, self.num_classes, self.ignore_index, in_range=True)
 
     def update(self, feats: torch.Tensor, labels: torch.Tensor, *, group=None) -> None:
         """Merge embeddings [B, D, h, w] with their ``labels`` [B, h, w] into the estimator."""

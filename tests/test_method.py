@@ -33,10 +33,12 @@ def test_update_and_loss_equal_the_map_level_functions(variant):
     method = SePiCo(variant, num_classes=C, dim=D, temperature=0.5, memory_length=4,
                     contrast_weight=0.3, reg_weight=0.7)
     small = method.labels(label, feat.shape[-2:])
-    assert small.shape == (2, 6, 10) and small.dtype == torch.int64
-    torch.testing.assert_close(small, losses.labels_at_feature_resolution(label, (6, 10), num_classes=C)[:, 0])
+    assert isinstance(small, kernels.CheckedLabels) and (small.num_classes, small.ignore_index) == (C, 255)
+    assert small.tensor.shape == (2, 6, 10) and small.tensor.dtype == torch.int64
+    torch.testing.assert_close(small.tensor, losses.labels_at_feature_resolution(label, (6, 10), num_classes=C)[:, 0])
     method.update(feat, small)
-    method.update(feat.flip(-1), small.flip(-1))  # a second batch: non-trivial statistics and bank
+    flipped = kernels.checked_labels(small.tensor.flip(-1), C)
+    method.update(feat.flip(-1), flipped)  # a second batch: non-trivial statistics and bank
     est = method.estimator
     opts = dict(temperature=0.5, num_classes=C, reg_weight=0.7)
     x = feat.clone().requires_grad_()

@@ -30,11 +30,11 @@ class Spy:
         return self.method.labels(label, size)
 
     def update(self, emb, small, group=None):
-        self.calls.append(("update", small.clone()))
+        self.calls.append(("update", small.tensor.clone()))
         return self.method.update(emb, small, group=group)
 
     def loss(self, emb, small, iteration=0):
-        self.calls.append(("loss", small.clone()))
+        self.calls.append(("loss", small.tensor.clone()))
         return self.method.loss(emb, small, iteration)
 
 

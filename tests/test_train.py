@@ -159,7 +159,7 @@ def test_estimator_is_fed_teacher_source_embeddings_only(tmp_path, monkeypatch):
     seen = []
     original = trainer.sepico.estimator.update
     monkeypatch.setattr(trainer.sepico.estimator, "update",
-                        lambda f, l, **k: (seen.append((f.clone(), l.clone())), original(f, l, **k)))
+                        lambda f, l, **k: (seen.append((f.clone(), l.tensor.clone())), original(f, l, **k)))
     probe = Trainer(tiny_config(), tmp_path / "probe", progress=False)
     images, labels = probe.source.next()
     trainer.step()

@@ -36,8 +36,21 @@ def _update(**over):
                                              a["feats"], a["labels"])
 
 
+def _written_since():
+    labels = kernels.checked_labels(torch.zeros(N, dtype=torch.int64), C)
+    labels.tensor[0] = C  # out of range, and the version counter moves
+    return labels
+
+
 OPS = {"loss": _loss, "moments": _moments, "update": _update}
 BAD = [
+    ("labels checked for another C", dict(labels=kernels.checked_labels(torch.zeros(N, dtype=torch.int64), C + 1)),
+     ValueError, f"labels were checked for num_classes={C + 1}, ignore_index=255; this op has num_classes={C}"),
+    ("labels checked for another ignore_index",
+     dict(labels=kernels.checked_labels(torch.zeros(N, dtype=torch.int64), C, 7)), ValueError, "ignore_index=7"),
+    ("checked labels written since", dict(labels=_written_since()), ValueError, "written in place after"),
+    ("checked labels N mismatch", dict(labels=kernels.checked_labels(torch.zeros(N + 1, dtype=torch.int64), C)),
+     ValueError, "labels must have shape"),
     ("labels N mismatch", dict(labels=torch.zeros(N + 1, dtype=torch.int64)), ValueError, "labels must have shape"),
     ("label >= C", dict(labels=torch.full((N,), C)), ValueError, f"found {C}"),
     ("negative label", dict(labels=torch.full((N,), -3)), ValueError, "found -3"),
@@ -151,3 +164,39 @@ def test_the_global_batch_is_divided_among_the_processes():
     assert process_batch_size(TrainConfig(global_batch_size=2), 1) == 2
     with pytest.raises(ConfigError, match="'train.global_batch_size' \\(6\\) must be a multiple of the 4 processes"):
         process_batch_size(TrainConfig(global_batch_size=6), 4)
+
+
+def test_checked_labels_are_read_without_a_check_and_give_the_same_results(monkeypatch):
+    """Every op takes kernels.CheckedLabels in place of the tensor: the same outputs, and no
+    reduction (no host sync) for the range; checked_labels itself checks once, unless in_range."""
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(N, D, generator=gen)
+    labels = torch.randint(0, C, (N,), generator=gen)
+    labels[:3] = 255
+    mean, cov = torch.randn(C, D, generator=gen), torch.rand(C, D, generator=gen)
+    bank = torch.nn.functional.normalize(torch.randn(C, 3, D, generator=gen), dim=2)
+    ops = [lambda y: kernels.dist_contrastive_loss(feats, y, mean, cov),
+           lambda y: kernels.bank_contrastive_loss(feats, y, bank, torch.full((C,), 3)),
+           lambda y: kernels.class_moments(feats, y, C),
+           lambda y: kernels.update_class_distribution(torch.ones(C), mean, cov, feats, y)]
+    plain = [op(labels) for op in ops]
+    checks = []
+    real_any = torch.Tensor.any
+    monkeypatch.setattr(torch.Tensor, "any", lambda self, *a, **k: checks.append(1) or real_any(self, *a, **k))
+    checked = kernels.checked_labels(labels, C)
+    assert len(checks) == 1
+    vouched = kernels.checked_labels(labels, C, in_range=True)
+    assert len(checks) == 1
+    for op, want in zip(ops, plain):
+        for given in (checked, vouched):
+            got = op(given)
+            for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+                assert torch.equal(a, b)
+    assert len(checks) == 1  # the ops checked nothing
+    with pytest.raises(ValueError, match=f"found {C}"):
+        kernels.checked_labels(torch.full((N,), C), C)
+    with pytest.raises(TypeError, match="labels must be int64 or int32"):
+        kernels.checked_labels(torch.zeros(N), C)
+    with torch.inference_mode():
+        frozen = kernels.checked_labels(torch.zeros(N, dtype=torch.int64), C)
+    assert frozen.version is None and kernels.class_moments(feats, frozen, C)[0][0] == N
