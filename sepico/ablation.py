@@ -80,9 +80,10 @@ SWEEP_RUNS = (("distcl_diag", 0.1), ("distcl_diag", 100.0), ("protocl", 0.1))  #
 # Fields that only the contrastive loss reads, so that one control pairs with every value.
 SWEEP_FIELDS = ("method.contrast_weight", "method.reg_weight", "method.ratio")
 CONTROL = "target_pass_no_cl"
-# The published setting (design section 6) on the demo's schedule: DistCL diagonal, temperature 100,
-# weight 1, DACS's batch-scalar pseudo weight, the contrastive losses from iteration 3000 of 40,000
-# (the same share of the run); and its own control, the same with the loss weighted 0.
+# The published setting (configs/gta5_to_cityscapes_daformer_dist.toml, the official defaults) on
+# the demo's schedule: DistCL diagonal, temperature 100, weight 1, DACS's batch-scalar pseudo
+# weight, the contrastive losses from iteration 3000 of 40,000 (the same share of the run); and its
+# own control, the same with the loss weighted 0.
 PUBLISHED = "distcl_diag_published"
 PUBLISHED_CONTROL = "target_pass_no_cl_published"
 PUBLISHED_START = 3000 / 40000
