@@ -10,7 +10,8 @@ the argument specialisation Triton's launcher applies at run time: integer argum
 become constants (a contiguous tensor's last stride), integers divisible by 16 and tensor pointers
 carry a divisibility-16 hint. The PTX is then run through the wheel's own `ptxas -v` (CUDA 12.9
 below sm_90, `ptxas-blackwell` from sm_90 on, the same tools and flags Triton uses) for registers,
-stack frame and spill bytes, and the cubin through `cuobjdump --dump-resource-usage`.
+stack frame and spill bytes, and the cubin through `cuobjdump --dump-resource-usage`; the PTX's
+float32 FMA and tensor-core MMA instructions are counted (which units the dots run on).
 
 The exit status is non-zero when any variant fails to compile, spills (spill stores or loads above
 0 bytes), asks for more shared memory than the architecture allows per block, or when the re-run
@@ -98,6 +99,7 @@ class Result:
     stack: int | None = None
     shared: int | None = None
     cubin: dict = field(default_factory=dict)  # cuobjdump: REG, STACK, SHARED, LOCAL
+    ptx_ops: dict = field(default_factory=dict)  # ptx_op_counts: which units the dots run on
     seconds: float = 0.0
     error: str | None = None
 
@@ -133,6 +135,16 @@ def parse_ptxas(log: str) -> dict:
     stack, stores, loads = (int(g) for g in frame.groups())
     return {"registers": int(regs.group(1)), "stack": stack, "spill_stores": stores,
             "spill_loads": loads}
+
+
+_PTX_OPS = {"fma": re.compile(r"^\s*fma\.rn\.f32\b", re.M),
+            "mma": re.compile(r"^\s*(?:mma\.sync|wgmma\.mma_async)\b", re.M)}
+
+
+def ptx_op_counts(ptx: str) -> dict:
+    """How many float32 FMA and tensor-core MMA instructions the PTX holds: an ieee ``tl.dot``
+    becomes FMAs, a TF32 or bfloat16 one MMAs."""
+    return {name: len(pattern.findall(ptx)) for name, pattern in _PTX_OPS.items()}
 
 
 def parse_cuobjdump(text: str) -> dict:
@@ -380,6 +392,7 @@ def check_variant(variant: Variant, arch: int) -> Result:
                                   target=GPUTarget("cuda", arch, 32), options=options)
         res.num_stages = compiled.metadata.num_stages
         res.shared = compiled.metadata.shared
+        res.ptx_ops = ptx_op_counts(compiled.asm["ptx"])
         with tempfile.TemporaryDirectory(prefix="compile_check_") as workdir:
             usage = _ptxas_usage(compiled.asm["ptx"], arch, compiled.metadata.enable_fp_fusion,
                                  workdir)
@@ -399,17 +412,17 @@ def _check_task(task):
 # --------------------------------------------------------------------------- report
 
 COLUMNS = ("kernel", "variant", "arch", "warps", "stages", "regs", "spill st/ld B", "stack B",
-           "shared B", "cuobjdump REG/STACK/SHARED/LOCAL", "status")
+           "shared B", "cuobjdump REG/STACK/SHARED/LOCAL", "PTX fma/mma", "status")
 
 
 def _row(r: Result) -> tuple:
     if r.error:
-        return (r.kernel, r.label, f"sm_{r.arch}", str(r.num_warps), "-", "-", "-", "-", "-", "-",
+        return (r.kernel, r.label, f"sm_{r.arch}", str(r.num_warps), "-", "-", "-", "-", "-", "-", "-",
                 "COMPILE FAILED")
     cub = "/".join(str(r.cubin.get(k, "?")) for k in ("REG", "STACK", "SHARED", "LOCAL"))
     return (r.kernel, r.label, f"sm_{r.arch}", str(r.num_warps), str(r.num_stages),
             str(r.registers), f"{r.spill_stores}/{r.spill_loads}", str(r.stack), str(r.shared),
-            cub, "ok" if not r.problems else "FAIL")
+            cub, f"{r.ptx_ops.get('fma', '?')}/{r.ptx_ops.get('mma', '?')}", "ok" if not r.problems else "FAIL")
 
 
 def format_table(results: list[Result]) -> str:

@@ -37,7 +37,7 @@ from ._layout import image_rows, pixel_layout, pixel_map
 @triton.jit
 def _dot_operand(x, PRECISION: tl.constexpr):
     """A float32 tl.dot operand; under "tf32" rounded to TF32 (10 mantissa bits, to nearest even,
-    Inf and NaN kept), the rounding cuBLAS does. Without it the tensor cores truncate the low
+    Inf and NaN kept), as Triton's TF32 tensor-descriptor loads round. Without it the tensor cores truncate the low
     bits (tl.dot's documentation warns of this): a bias that left the gradient 1e-3 off float64
     on an H200, three times the eager TF32 reference's error (tests/test_cuda.py)."""
     if PRECISION == "tf32":

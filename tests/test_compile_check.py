@@ -10,7 +10,8 @@ import pytest
 
 from kernels import compile_check
 from kernels._backend import interpreting
-from kernels.compile_check import Result, format_table, merge_labels, parse_cuobjdump, parse_ptxas
+from kernels.compile_check import (Result, format_table, merge_labels, parse_cuobjdump, parse_ptxas,
+                                   ptx_op_counts)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARCHS = ("sm_80", "sm_90")
@@ -94,6 +95,19 @@ def test_ptxas_parser_reads_spills():
                                         "spill_loads": 0}
     with pytest.raises(ValueError):
         parse_ptxas("ptxas fatal   : Unresolved extern function")
+
+
+def test_ptx_op_counts_tell_fma_from_tensor_core_dots():
+    ptx = """
+\tfma.rn.f32 \t%f1, %f2, %f3, %f1;
+\tfma.rn.ftz.f32 \t%f4, %f2, %f3, %f4;
+\t// fma.rn.f32 in a comment
+\tmma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%f5}, {%r1}, {%r2}, {%f5};
+\twgmma.mma_async.sync.aligned.m64n16k8.f32.tf32.tf32 {%f6}, %rd1, %rd2, 1, 1, 1;
+\twgmma.fence.sync.aligned;
+\tfma.rn.f32 \t%f7, %f2, %f3, %f7;
+"""
+    assert ptx_op_counts(ptx) == {"fma": 2, "mma": 2}
 
 
 def test_cuobjdump_parser():

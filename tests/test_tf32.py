@@ -13,7 +13,7 @@ import kernels
 import kernels.contrastive as kc
 from kernels._backend import interpreting
 from sepico.reference import dist_contrastive_loss_reference
-from tests.parity import make_feats, make_labels, make_stats, rel_error
+from tests.parity import LARGEST, make_feats, make_labels, make_stats, rel_error
 
 pytestmark = pytest.mark.skipif(not interpreting(), reason="runs the kernels in the Triton interpreter")
 
@@ -70,9 +70,14 @@ def test_the_tf32_path_rounds_and_stays_within_tf32_error(monkeypatch, cov_kind)
     truth.backward()
     exact = loss_and_grad("ieee")
     rounded = loss_and_grad("tf32")
-    # TF32 operands rounded: about 2^-11 relative on each operand (the gradient 3.9e-4 to 4.4e-4
-    # off here), far above the float32 path's error (3.7e-7 at most), and below the 9.8e-4 (2^-10)
-    # that truncation reaches.
-    assert rel_error(exact[1], xt.grad) < 1e-5
-    assert 1e-5 < rel_error(rounded[1], xt.grad) < 6e-4
-    assert rel_error(rounded[0], truth.detach()) < 3e-4
+    # TF32 operands rounded: about 2^-11 relative on each operand, far above the float32 path's
+    # error, and below the 9.8e-4 (2^-10) that truncation reaches. The figures go to the run's
+    # summary (tests/parity.LARGEST).
+    errors = {"tf32 gradient, ieee dots": rel_error(exact[1], xt.grad),
+              "tf32 gradient, tf32 dots": rel_error(rounded[1], xt.grad),
+              "tf32 loss, tf32 dots": rel_error(rounded[0], truth.detach())}
+    for what, err in errors.items():
+        LARGEST[(what, cov_kind)] = max(LARGEST.get((what, cov_kind), 0.0), err)
+    assert errors["tf32 gradient, ieee dots"] < 1e-5
+    assert 1e-5 < errors["tf32 gradient, tf32 dots"] < 6e-4
+    assert errors["tf32 loss, tf32 dots"] < 3e-4
