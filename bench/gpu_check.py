@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     import triton
 
     from bench import environment
+    from sepico.files import atomic_write
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -220,12 +221,12 @@ def main(argv=None) -> int:
         folders.append(ROOT / "bench" / "results")
     stem = f"{environment.device_slug(device)}-{_dt.date.today().isoformat()}-gpu-check"
     logs = {name: report[name].pop("output") for name in STEP_LIMIT_S}
-    for folder in folders:
+    for folder in folders:  # atomic writes: a temporary created exclusively, then renamed
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-        (folder / f"{stem}.md").write_text(text)
+        atomic_write(folder / f"{stem}.json", json.dumps(report, indent=1, default=str) + "\n")
+        atomic_write(folder / f"{stem}.md", text)
         for name, log in logs.items():
-            (folder / f"{stem}-{name}.log").write_text(log)
+            atomic_write(folder / f"{stem}-{name}.log", log)
         print(f"wrote {folder / stem}.{{md,json}}")
     return 0
 

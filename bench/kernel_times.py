@@ -1,7 +1,7 @@
 """Where the time of one call of our losses goes: the op's time against the device time of each
 kernel it launches (``torch.profiler``), for the quick benchmark's loss cases.
 
-    python -m bench.kernel_times [--device cuda|cpu] [--tiny] [--calls 10] [--out FILE.json]
+    python -m bench.kernel_times [--device cuda|cpu] [--tiny] [--calls 10] [--out FILE.json [--force]]
 
 Per case and mode (fwd+bwd with the gradient, fwd under ``torch.no_grad``): the median time of a
 call measured as the benchmark measures it (CUDA events; perf_counter on the CPU), the kernels'
@@ -83,11 +83,22 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="the tiny set's sizes (N = 4096, D = 64)")
     parser.add_argument("--calls", type=int, default=10, help="timed and profiled calls per case")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--force", action="store_true",
+                        help="let --out replace a file that is not an earlier result of this command")
     args = parser.parse_args(argv)
 
     import torch
 
     from bench.cases import cases
+    from sepico.errors import OutputError
+    from sepico.files import atomic_write, check_output
+
+    if args.out:  # before the minutes of measuring: never a file this command did not write
+        try:
+            check_output(args.out, what="--out", ours=_earlier_result, force=args.force)
+        except OutputError as err:
+            print(f"bench.kernel_times: {err}", file=sys.stderr)
+            return 2
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench.kernel_times: no CUDA device (use --device cpu)", file=sys.stderr)
@@ -103,8 +114,15 @@ def main(argv=None) -> int:
             for k in row["top"]:
                 print(f"    {k['ms_per_call']:8.3f} ms x{k['count']}  {k['name']}", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": args.device, "rows": rows}, indent=1) + "\n")
+        atomic_write(args.out, json.dumps({"device": args.device, "rows": rows}, indent=1) + "\n")
     return 0
+
+
+def _earlier_result(path: Path) -> bool:
+    try:
+        return set(json.loads(path.read_text())) == {"device", "rows"}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

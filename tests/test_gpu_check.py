@@ -49,3 +49,13 @@ def test_counts_come_from_pytest_closing_line_alone():
     assert pytest_counts(log) == {"failed": 7, "passed": 20}
     assert pytest_counts("== 2 passed, 1 error in 3.1s ==\n") == {"passed": 2, "error": 1}
     assert pytest_counts("collecting ... interrupted") == {}
+
+
+def test_kernel_times_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
+    from bench import kernel_times
+
+    foreign = tmp_path / "notes.json"
+    foreign.write_text("the user's own")
+    assert kernel_times.main(["--device", "cpu", "--tiny", "--out", str(foreign)]) == 2
+    assert foreign.read_text() == "the user's own"
+    assert "is not an earlier result of this command" in capsys.readouterr().err
