@@ -28,40 +28,30 @@ def _device_time_us(evt, cuda: bool) -> float:
 
 
 def measure(case, mode: str, device: str, calls: int) -> dict:
-    import torch
+    import dataclasses
+
     from torch.profiler import ProfilerActivity, profile
 
     from bench import impls
     from bench.cases import make_inputs
-    from bench.timing import Timer
+    from bench.timing import Timer, call
 
     cuda = device == "cuda"
     inputs = make_inputs(case, device=device)
     run = impls.build(case, "ours", inputs, impls.ours_backend(device))
-    feats, timer = inputs["feats"], Timer(device)
+    timer = Timer(device)
+    timed = case if mode == "fwd+bwd" else dataclasses.replace(case, kind="no_grad")
 
-    def once():
-        if mode == "fwd+bwd":
-            x = feats.detach().requires_grad_()
-            run(x).backward()
-        else:
-            with torch.no_grad():
-                run(feats)
+    def once() -> float:  # one call as the benchmark times it (bench.timing.call)
+        return call(timed, run, inputs["feats"], timer)[mode]
 
     for _ in range(3):  # compilation, allocator
         once()
-    times = []
-    for _ in range(calls):
-        t0 = timer.mark()
-        once()
-        t1 = timer.mark()
-        times.append(timer.elapsed(t0, t1))
+    times = [once() for _ in range(calls)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for _ in range(calls):
             once()
-        if cuda:
-            torch.cuda.synchronize()
     kernels = []
     for evt in prof.key_averages():
         if cuda and str(getattr(evt, "device_type", "")).endswith("CPU"):

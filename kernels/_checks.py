@@ -42,12 +42,21 @@ def check_pixel_values(t, feats, name: str) -> None:
                          f"{tuple(feats.shape)}, got {tuple(t.shape)}")
 
 
-def check_labels(labels, feats) -> None:
+def _check_label_tensor(labels) -> None:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dtype not in INT_LABELS:
         raise TypeError(f"labels must be int64 or int32, got {labels.dtype}")
+
+
+def check_labels(labels, feats) -> None:
+    _check_label_tensor(labels)
     check_pixel_values(labels, feats, "labels")
+
+
+def _check_ignore_index(ignore_index) -> None:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
 
 
 def check_num_classes(num_classes) -> None:
@@ -87,15 +96,11 @@ def checked_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 2
     """``labels`` (int64 or int32) range-checked once for (C, ignore_index): one reduction and
     one host sync, then any number of ops read them without either. ``in_range=True``: the
     caller made them in range (labels downscaled from checked ones, say), so nothing is checked."""
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype not in INT_LABELS:
-        raise TypeError(f"labels must be int64 or int32, got {labels.dtype}")
+    _check_label_tensor(labels)
     check_num_classes(num_classes)
+    _check_ignore_index(ignore_index)
     if not in_range:
         check_label_range(labels, num_classes, ignore_index)
-    elif isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
     return CheckedLabels(labels, num_classes, ignore_index, _version(labels))
 
 
@@ -107,8 +112,7 @@ def label_tensor(labels):
 def check_label_range(labels, num_classes: int, ignore_index: int) -> None:
     """Every label is ignore_index or in [0, C). A tensor: one reduction and one host sync. A
     ``CheckedLabels``: its C, ignore_index and version, from metadata."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
+    _check_ignore_index(ignore_index)
     if isinstance(labels, CheckedLabels):
         if (labels.num_classes, labels.ignore_index) != (num_classes, ignore_index):
             raise ValueError(f"labels were checked for num_classes={labels.num_classes}, ignore_index="

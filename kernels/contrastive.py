@@ -37,9 +37,11 @@ from ._layout import image_rows, pixel_layout, pixel_map
 @triton.jit
 def _dot_operand(x, PRECISION: tl.constexpr):
     """A float32 tl.dot operand; under "tf32" rounded to TF32 (10 mantissa bits, to nearest even,
-    Inf and NaN kept), as Triton's TF32 tensor-descriptor loads round. Without it the tensor cores truncate the low
-    bits (tl.dot's documentation warns of this): a bias that left the gradient 1e-3 off float64
-    on an H200, three times the eager TF32 reference's error (tests/test_cuda.py)."""
+    Inf and NaN kept), as Triton's TF32 tensor-descriptor loads round. Without it the tensor
+    cores truncate the low bits (tl.dot's documentation warns of this): a bias that left the
+    gradient 1e-3 off float64 on an H200, three times the eager TF32 reference's error
+    (tests/test_cuda.py). The statistics' tiles are rounded again by every program: 1 / BLOCK_N
+    of the dot's work, not worth a second copy of M and A."""
     if PRECISION == "tf32":
         bits = x.to(tl.int32, bitcast=True)
         rounded = (bits + (((bits >> 13) & 1) + 0xFFF)) & -8192
