@@ -32,7 +32,7 @@ def build(case: Case, impl: str, inputs: dict, backend: str):
         if impl == "ours":
             def run(x):
                 with kernels.backend(backend):
-                    return kernels.bank_contrastive_loss(x, labels, bank, lengths)
+                    return kernels.bank_contrastive_loss(x, labels, kernels.MemoryBank(bank, lengths))
             return run
         if impl != "eager":
             raise Unsupported(f"{impl} is not measured for BankCL (its reference is a per-class loop)")

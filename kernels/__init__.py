@@ -17,12 +17,12 @@ a fused kernel has nothing for the compiler to fuse.
 """
 from ._backend import backend, interpreting, requested_backend, tiles
 from ._checks import CheckedLabels, check_label_range, check_num_classes, checked_labels
-from .bank import bank_contrastive_loss
+from .bank import bank_contrastive_loss, MemoryBank
 from .contrastive import dist_contrastive_loss
 from .distribution import merge_class_moments, update_class_distribution
 from .moments import class_moments
 
-__all__ = ["CheckedLabels", "backend", "bank_contrastive_loss", "check_label_range", "check_num_classes",
+__all__ = ["CheckedLabels", "MemoryBank", "backend", "bank_contrastive_loss", "check_label_range", "check_num_classes",
            "checked_labels", "class_moments", "dist_contrastive_loss", "interpreting",
            "merge_class_moments",
            "requested_backend", "tiles", "update_class_distribution"]

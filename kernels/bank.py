@@ -24,6 +24,7 @@ buffer into the gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -40,6 +41,13 @@ from ._pixel_loss import PixelLossParams, check_loss_options, pixel_loss
 # registers: queues up to 256 entries, up to 128 classes (at 256 it spilled 112-172 bytes).
 MAX_TRITON_LENGTH = 256
 MAX_TRITON_CLASSES = 128
+
+
+class MemoryBank(NamedTuple):
+    """BankCL's memory bank, one value: class c's queue is ``queues[c, :lengths[c]]``, oldest
+    entry first (``ClassDistributionEstimator.memory_bank``)."""
+    queues: torch.Tensor   # [C, L, D] floating point, constants
+    lengths: torch.Tensor  # [C] integers in [1, L]
 
 
 @triton.jit
@@ -253,7 +261,7 @@ def bank_forward_torch(feats, labels, bank, lengths, temperature, ignore_index, 
 
 
 @torch.compiler.disable  # a graph break under torch.compile (kernels/__init__.py)
-def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ignore_index=255,
+def bank_contrastive_loss(feats, labels, bank, *, temperature=100.0, ignore_index=255,
                           reduction="mean", reg_weight=0.0, mean=None):
     """Memory-bank pixel contrastive loss (SePiCo BankCL).
 
@@ -263,8 +271,9 @@ def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ig
             `dist_contrastive_loss`'s.
         labels: one int64 or int32 label per pixel ([N] or [B, h, w]) in [0, C) or ``ignore_index``,
             or a ``kernels.CheckedLabels`` of them (as for ``dist_contrastive_loss``).
-        bank: [C, L, D] queues, class c's entries ``bank[c, :lengths[c]]`` oldest first (the
-            estimator's state); constants. lengths: [C] integers in [1, L].
+        bank: a ``kernels.MemoryBank(queues, lengths)``: [C, L, D] queues, class c's entries
+            ``queues[c, :lengths[c]]`` oldest first, constants; lengths [C] integers in [1, L]
+            (``ClassDistributionEstimator.memory_bank``).
         temperature: tau. reduction: ``"mean"`` over valid pixels, ``"sum"`` or ``"none"``.
         reg_weight, mean: SePiCo's regulariser (``kernels.dist_contrastive_loss``) and the
             [C, D] class means it needs (required when ``reg_weight > 0``).
@@ -279,18 +288,22 @@ def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ig
     feats = pixel_map(feats)
     dim = feats.shape[1]
     check_loss_options(temperature, reduction, reg_weight)
+    if not isinstance(bank, MemoryBank):
+        raise TypeError(f"bank must be a kernels.MemoryBank(queues [C, L, D], lengths [C]), got "
+                        f"{type(bank).__name__}")
+    bank, lengths = bank
     if not isinstance(bank, torch.Tensor) or bank.dim() != 3 or bank.shape[2] != dim:
         shape = tuple(bank.shape) if isinstance(bank, torch.Tensor) else type(bank).__name__
-        raise ValueError(f"bank must have shape [C, L, {dim}] (D from feats), got {shape}")
+        raise ValueError(f"bank.queues must have shape [C, L, {dim}] (D from feats), got {shape}")
     if not bank.is_floating_point():
-        raise TypeError(f"bank must be floating point, got {bank.dtype}")
+        raise TypeError(f"bank.queues must be floating point, got {bank.dtype}")
     num_classes = bank.shape[0]
     if not 1 <= num_classes <= 256:
-        raise ValueError(f"bank must hold at least 1 and at most 256 classes, got C = {num_classes}")
+        raise ValueError(f"bank.queues must hold at least 1 and at most 256 classes, got C = {num_classes}")
     check_dim(dim, False)
     if not isinstance(lengths, torch.Tensor) or lengths.shape != (num_classes,) or lengths.is_floating_point():
-        raise ValueError(f"lengths must be an integer tensor of shape [{num_classes}]")
-    for name, t in (("bank", bank), ("mean", mean)):
+        raise ValueError(f"bank.lengths must be an integer tensor of shape [{num_classes}]")
+    for name, t in (("bank.queues", bank), ("mean", mean)):
         if t is not None and t.requires_grad:
             raise ValueError(f"{name} must not require grad: gradients flow to feats only")
     if reg_weight > 0:
@@ -305,7 +318,7 @@ def bank_contrastive_loss(feats, labels, bank, lengths, *, temperature=100.0, ig
             raise ValueError(f"bank[{c}] is empty: BankCL needs at least one entry per class "
                              "(an estimator with memory_length=0 keeps no bank)")
         if n > bank.shape[1]:
-            raise ValueError(f"lengths[{c}] = {n} exceeds the bank's L = {bank.shape[1]}")
+            raise ValueError(f"bank.lengths[{c}] = {n} exceeds the queues' L = {bank.shape[1]}")
     check_label_range(given_labels, num_classes, ignore_index)
     acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
     labels = labels.reshape(-1).contiguous()

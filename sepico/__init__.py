@@ -2,7 +2,7 @@
 kernels of the ``kernels`` package.
 
 Floors, each importing only from those below it: ``kernels`` (ops); ``sepico.reference`` (float64
-oracles), ``sepico.losses`` (map-level losses), ``sepico.estimator`` (class statistics);
+oracles), ``sepico.labels`` (labels at feature resolution), ``sepico.losses`` (map-level losses), ``sepico.estimator`` (class statistics);
 ``sepico.method`` (the SePiCo object: estimator + loss of one variant); ``sepico.models`` and
 ``sepico.data`` (networks with their registry; datasets with their names, transforms and the
 day-night pieces); ``sepico.evaluation``; ``sepico.train`` (config, the step's passes, the

@@ -36,10 +36,11 @@ class ClassDistributionEstimator:
             exponentially; a class seen for the first time takes the batch statistics.
         device, dtype: where and in which precision (float32 or float64) the statistics live.
 
-    Attributes (read-only): ``count`` [C], ``mean`` [C, D], ``cov`` [C, D] or [C, D, D], and
-    ``bank``: a list of C tensors [L_c, D] (oldest entry first; L_c = 0 when ``memory_length``
-    is 0), the format ``sepico.losses.bank_contrastive_loss`` takes. Each update replaces these
-    tensors with new ones, so a tensor read before an update keeps its values.
+    Attributes (read-only): ``count`` [C], ``mean`` [C, D], ``cov`` [C, D] or [C, D, D], and the
+    bank twice: ``memory_bank``, the ``kernels.MemoryBank`` that ``kernels.bank_contrastive_loss``
+    takes, and ``bank``, a list of C tensors [L_c, D] (oldest entry first; L_c = 0 when
+    ``memory_length`` is 0), the format ``sepico.losses.bank_contrastive_loss`` takes. Each update
+    replaces these tensors with new ones, so a tensor read before an update keeps its values.
     """
 
     def __init__(self, num_classes: int, dim: int, *, covariance: str = "diag",
@@ -112,6 +113,12 @@ class ClassDistributionEstimator:
     @property
     def cov(self) -> torch.Tensor:
         return self._cov
+
+    @property
+    def memory_bank(self) -> kernels.MemoryBank:
+        """The bank as the one value ``kernels.bank_contrastive_loss`` takes: queues
+        [C, memory_length, D] and lengths [C] (no host sync)."""
+        return kernels.MemoryBank(self._bank, self._bank_len)
 
     @property
     def bank(self) -> list[torch.Tensor]:

@@ -21,12 +21,16 @@ Semantics follow the public SePiCo code (BIT-DA/SePiCo) with two deliberate diff
 - with C = 1 the regulariser is 0 (its sum of log-probabilities is identically 0) where the
   reference divides 0 by C log C = 0 and returns NaN.
 
-This module brings the labels to feature resolution and checks what only a map-level call can get
-wrong (batch, device, class count); the losses themselves, their validation and the regulariser
-are ``kernels.dist_contrastive_loss`` (DistCL, ProtoCL: the fused kernel) and
-``kernels.bank_contrastive_loss`` (BankCL), each called once on the whole [B, D, h, w] map: one
-launch, the map read in place, and its gradient written in the map's layout (the one [B, D, h, w]
-buffer that becomes ``feat``'s gradient; no per-image copies).
+This module is the map-level adapter: the call shape of the official loss functions (a
+network's [B, D, h, w] output and labels at image resolution, with the statistics passed in),
+for code that holds its own statistics. Training does not use it: ``sepico.method.SePiCo`` runs
+the same two steps with its estimator's statistics. Each function is those two steps and nothing
+else (tests/test_losses.py holds them to it, bit for bit): ``sepico.labels.checked_feature_labels``
+(the labels at feature resolution, range-checked once) and the ``kernels`` op of the loss
+(``kernels.dist_contrastive_loss`` for DistCL and ProtoCL, ``kernels.bank_contrastive_loss`` for
+BankCL), called once on the whole map. Unlike those ops, whose names ``dist_contrastive_loss``
+and ``bank_contrastive_loss`` share, these take image-resolution labels; the names and
+signatures are the library's API since its first release and stay.
 """
 from __future__ import annotations
 
@@ -36,6 +40,10 @@ import torch
 from torch import nn
 
 import kernels
+from sepico.labels import checked_feature_labels, downscale_labels, label_map
+
+__all__ = ["ContrastiveLoss", "bank_contrastive_loss", "dist_contrastive_loss", "downscale_labels",
+           "proto_contrastive_loss"]  # downscale_labels: sepico.labels's, here since the first release
 
 # --------------------------------------------------------------------------- validation
 
@@ -47,108 +55,18 @@ def _check_feat(feat) -> None:
                          f"{tuple(feat.shape)}")
 
 
-def _label_map(label) -> torch.Tensor:
-    """label [B, 1, H, W] or [B, H, W] (integer) as [B, 1, H, W]."""
-    if not isinstance(label, torch.Tensor):
-        raise TypeError(f"label must be a torch.Tensor, got {type(label).__name__}")
-    if label.is_floating_point() or label.is_complex() or label.dtype == torch.bool:
-        raise TypeError(f"label must be an integer tensor, got {label.dtype}")
-    if label.dim() == 3:
-        label = label.unsqueeze(1)
-    if label.dim() != 4 or label.shape[1] != 1:
-        raise ValueError(f"label must have shape [B, 1, H, W] or [B, H, W], got {tuple(label.shape)}")
-    return label
-
-
-# --------------------------------------------------------------------------- labels
-
-def downscale_labels(label, scale_factor, *, num_classes, min_ratio=0.75, ignore_index=255):
-    """Majority vote of the labels in each ``scale_factor`` x ``scale_factor`` cell.
-
-    Ignore counts as one more class, placed after the C real ones. The winner is the first class
-    with the largest count (a tie goes to the lowest class id, and to a real class over ignore);
-    the cell becomes ``ignore_index`` when ignore wins or when the winner's share of the cell,
-    computed in float32 as ``count / scale_factor**2``, is below ``min_ratio``. A factor of 1
-    returns the labels unchanged (the reference skips the ratio test there too).
-
-    Counts are formed one class at a time from a boolean mask and two small sums (a uint8 sum
-    along the cell's columns, then an int32 sum along its rows): extra memory about 1.25 bytes
-    per label pixel plus a few [B, H/s, W/s] tensors, never a [B, C + 1, H, W] one-hot.
-
-    Args:
-        label: [B, 1, H, W] or [B, H, W] integer labels in [0, C) or ``ignore_index``; H and W
-            must be multiples of ``scale_factor``.
-    Returns:
-        [B, 1, H / scale_factor, W / scale_factor] int64 labels.
-    """
-    label = _label_map(label)
-    kernels.check_num_classes(num_classes)
-    if isinstance(scale_factor, bool) or not isinstance(scale_factor, int) or scale_factor < 1:
-        raise ValueError(f"scale_factor must be a positive int, got {scale_factor!r}")
-    batch, _, height, width = label.shape
-    if height % scale_factor or width % scale_factor:
-        raise ValueError(f"label size {height} x {width} is not a multiple of scale_factor "
-                         f"{scale_factor}")
-    kernels.check_label_range(label, num_classes, ignore_index)
-    if scale_factor == 1:
-        return label.to(torch.int64, copy=True)
-    s = scale_factor
-    h, w = height // s, width // s
-    cells = label.reshape(batch, h, s, w, s)
-    # A cell holds s * s pixels, so a uint8 sum over s of them cannot overflow while s <= 255.
-    row_dtype = torch.uint8 if s <= 255 else torch.int32
-    best_count = torch.full((batch, h, w), -1, dtype=torch.int32, device=label.device)
-    best_class = torch.zeros((batch, h, w), dtype=torch.int64, device=label.device)
-    for c in range(num_classes + 1):  # c == num_classes is ignore: last, so it loses every tie
-        hit = cells == (ignore_index if c == num_classes else c)
-        count = hit.view(torch.uint8).sum(dim=4, dtype=row_dtype).sum(dim=2, dtype=torch.int32)
-        better = count > best_count  # strict: the first maximal class keeps the cell
-        best_count = torch.where(better, count, best_count)
-        best_class = torch.where(better, c, best_class)
-    # The reference averages a float one-hot; its share is this exact float32 quotient.
-    share = best_count.to(torch.float32) / float(s * s)
-    drop = (best_class == num_classes) | (share < min_ratio)
-    return torch.where(drop, ignore_index, best_class).unsqueeze(1)
-
-
-def labels_at_feature_resolution(label, feat_size, *, use_avg_pool=True, scale_min_ratio=0.75,
-                                 num_classes=19, ignore_index=255):
-    """Labels [B, 1, H, W] or [B, H, W] brought to the feature grid ``feat_size`` = (h, w).
-
-    The factor is ``W // w`` and must divide both H and W exactly (H = h * factor, W = w *
-    factor). ``use_avg_pool=True``: majority vote (``downscale_labels``); ``False``: nearest
-    neighbour, the top-left pixel of each cell. Returns [B, 1, h, w] int64.
-    """
-    label = _label_map(label)
-    kernels.check_num_classes(num_classes)
-    h, w = int(feat_size[0]), int(feat_size[1])
-    height, width = label.shape[-2:]
-    factor = width // w if w > 0 else 0
-    if factor < 1 or height != h * factor or width != w * factor:
-        raise ValueError(f"label size {height} x {width} is not a multiple of the feature size "
-                         f"{h} x {w} by one integer factor on both axes (label width // feature "
-                         f"width = {factor})")
-    if use_avg_pool:
-        return downscale_labels(label, factor, num_classes=num_classes, min_ratio=scale_min_ratio,
-                                ignore_index=ignore_index)
-    kernels.check_label_range(label, num_classes, ignore_index)
-    return label[:, :, ::factor, ::factor].to(torch.int64, copy=True)
-
-
 def _feature_labels(feat: torch.Tensor, label, *, use_avg_pool, scale_min_ratio, num_classes,
                     ignore_index) -> kernels.CheckedLabels:
-    """The labels [B, h, w] of ``feat``'s pixels (``labels_at_feature_resolution``), checked."""
+    """The labels [B, h, w] of ``feat``'s pixels (``sepico.labels.checked_feature_labels``)."""
     _check_feat(feat)
-    label = _label_map(label)
+    label = label_map(label)
     if label.shape[0] != feat.shape[0]:
         raise ValueError(f"label has batch size {label.shape[0]} but feat has {feat.shape[0]}")
     if label.device != feat.device:
         raise ValueError(f"label is on {label.device} but feat is on {feat.device}")
-    small = labels_at_feature_resolution(label, feat.shape[-2:], use_avg_pool=use_avg_pool,
-                                         scale_min_ratio=scale_min_ratio, num_classes=num_classes,
-                                         ignore_index=ignore_index).squeeze(1)
-    # Made from labels checked above: in range by construction, so no op checks (or syncs) again.
-    return kernels.checked_labels(small, num_classes, ignore_index, in_range=True)
+    return checked_feature_labels(label, feat.shape[-2:], use_avg_pool=use_avg_pool,
+                                  scale_min_ratio=scale_min_ratio, num_classes=num_classes,
+                                  ignore_index=ignore_index)
 
 
 def _check_classes(stats: torch.Tensor, num_classes: int, name: str) -> None:
@@ -212,10 +130,10 @@ def proto_contrastive_loss(feat, label, mean, *, temperature=100.0, use_avg_pool
 
 # --------------------------------------------------------------------------- BankCL
 
-def _bank_tensor(bank, num_classes: int, dim: int, device):
+def _memory_bank(bank, num_classes: int, dim: int, device) -> kernels.MemoryBank:
     """A sequence of C tensors [L_c, D] (``ClassDistributionEstimator.bank``) or of C sequences of
-    [1, D] / [D] tensors (the reference estimator's deques) as ``kernels.bank_contrastive_loss``'s
-    [C, max L_c, D] queues and [C] lengths."""
+    [1, D] / [D] tensors (the reference estimator's deques) as the ``kernels.MemoryBank``
+    (queues [C, max L_c, D], lengths [C]) that ``kernels.bank_contrastive_loss`` takes."""
     if isinstance(bank, torch.Tensor) or not isinstance(bank, Sequence):
         raise TypeError("bank must be a sequence of C tensors [L_c, D] (oldest entry first), "
                         f"got {type(bank).__name__}")
@@ -240,7 +158,7 @@ def _bank_tensor(bank, num_classes: int, dim: int, device):
     packed = torch.zeros(num_classes, max(1, int(lengths.max())), dim, dtype=dtype, device=device)
     for c, queue in enumerate(queues):
         packed[c, :queue.shape[0]] = queue.to(device=device, dtype=dtype)
-    return packed, lengths
+    return kernels.MemoryBank(packed, lengths)
 
 
 def bank_contrastive_loss(feat, label, bank, *, temperature=100.0, use_avg_pool=True,
@@ -265,8 +183,8 @@ def bank_contrastive_loss(feat, label, bank, *, temperature=100.0, use_avg_pool=
                             num_classes=num_classes, ignore_index=ignore_index)
     if mean is not None:
         _check_classes(mean, num_classes, "mean")
-    queues, lengths = _bank_tensor(bank, num_classes, feat.shape[1], feat.device)
-    return kernels.bank_contrastive_loss(feat, small, queues, lengths, temperature=temperature,
+    memory_bank = _memory_bank(bank, num_classes, feat.shape[1], feat.device)
+    return kernels.bank_contrastive_loss(feat, small, memory_bank, temperature=temperature,
                                          ignore_index=ignore_index, reg_weight=reg_weight,
                                          mean=mean)
 

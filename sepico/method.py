@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 import kernels
-from sepico import losses
 from sepico.estimator import ClassDistributionEstimator
+from sepico.labels import checked_feature_labels
 
 CONTRASTIVE_VARIANTS = ("dist", "proto", "bank")  # the method variants with a contrastive loss
 RATIO_SCHEDULES = ("constant", "linear")
@@ -46,8 +46,9 @@ class SePiCo:
         num_classes, dim: C and the projection head's D.
         covariance, memory_length, momentum: the estimator's (``ClassDistributionEstimator``);
             the bank is kept for ``"bank"`` only.
-        temperature, ratio, reg_weight: the losses' (``sepico.losses``); ``ratio_schedule``
-            ``"linear"`` scales r by iteration / max_iters.
+        temperature, ratio, reg_weight: the losses' (``kernels.dist_contrastive_loss``,
+            ``kernels.bank_contrastive_loss``); ``ratio_schedule`` ``"linear"`` scales r by
+            iteration / max_iters.
         contrast_weight: the factor on every loss this object returns.
         use_avg_pool, scale_min_ratio: how labels reach the feature grid.
     """
@@ -89,8 +90,7 @@ class SePiCo:
         """Image-resolution labels [B, 1, H, W] or [B, H, W] as the [B, h, w] int64 labels of the
         feature grid ``feat_size`` = (h, w) (``.tensor``): the image labels range-checked (one host
         sync), the result taken by ``update`` and ``loss`` without another check."""
-        small = losses.labels_at_feature_resolution(label, feat_size, **self._label_options).squeeze(1)
-        return kernels.checked_labels(small, self.num_classes, self.ignore_index, in_range=True)
+        return checked_feature_labels(label, feat_size, **self._label_options)
 
     def update(self, feats: torch.Tensor, labels: torch.Tensor, *, group=None) -> None:
         """Merge embeddings [B, D, h, w] with their ``labels`` [B, h, w] into the estimator."""
@@ -107,9 +107,8 @@ class SePiCo:
         ``labels`` [B, h, w] (``labels``), against the current statistics."""
         est = self.estimator
         if self.variant == "bank":
-            state = est.state_dict()  # the queues as kernels.bank_contrastive_loss takes them
-            loss = kernels.bank_contrastive_loss(feats, labels, state["bank"], state["bank_len"],
-                                                 mean=est.mean, **self._loss_options)
+            loss = kernels.bank_contrastive_loss(feats, labels, est.memory_bank, mean=est.mean,
+                                                 **self._loss_options)
         elif self.variant == "dist":
             loss = kernels.dist_contrastive_loss(feats, labels, est.mean, est.cov,
                                                  ratio=self.ratio(iteration), **self._loss_options)

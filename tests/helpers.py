@@ -308,3 +308,15 @@ def independent_miou(model, dataset, classes, *, num_classes: int = NUM_CLASSES,
     union = conf.sum(0) + conf.sum(1) - inter
     ious = [100.0 * inter[c] / union[c] for c in classes if union[c] > 0]
     return float(np.mean(ious)) if ious else float("nan")
+
+
+def make_label(batch, height, width, gen, *, classes=(0, 2, 3, 5), noise=0.05, ignore_index=255):
+    """Blocky labels (3 x 5 blocks that straddle every cell size) with salt noise and an ignored
+    top-left box: majority votes, ties, low-share cells and ignored cells all occur."""
+    pick = torch.tensor(classes)
+    base = pick[torch.randint(0, len(classes), (batch, height // 3 + 1, width // 5 + 1), generator=gen)]
+    label = base.repeat_interleave(3, 1).repeat_interleave(5, 2)[:, :height, :width].clone()
+    flip = torch.rand(batch, height, width, generator=gen) < noise
+    label[flip] = pick[torch.randint(0, len(classes), (int(flip.sum()),), generator=gen)]
+    label[:, : height // 4, : width // 3] = ignore_index
+    return label.unsqueeze(1)

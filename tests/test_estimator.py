@@ -92,6 +92,10 @@ def test_bank_semantics():
     first = est.bank
     est.update(torch.tensor([[7.0, 7.0], [1.0, 1.0]], dtype=torch.float64), torch.tensor([0, 2]))
     assert [q.tolist() for q in est.bank] == [[[2, 3], [7, 7]], [[0, 0]], [[0, 0], [1, 1]]]
+    # The same bank as the one value the kernel op takes: queues [C, memory_length, D], lengths.
+    queues, lengths = est.memory_bank
+    assert isinstance(est.memory_bank, kernels.MemoryBank) and lengths.tolist() == [2, 1, 2]
+    assert [queues[c, :n].tolist() for c, n in enumerate(lengths.tolist())] == [q.tolist() for q in est.bank]
     # Tensors read before an update keep their values.
     assert [q.tolist() for q in first] == [[[0, 0], [2, 3]], [[0, 0]], [[0, 0]]]
     none = ClassDistributionEstimator(3, 2)

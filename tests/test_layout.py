@@ -119,7 +119,7 @@ def test_bench_scripts_run_as_modules_without_path_edits():
 # __init__ alone.
 FLOORS = [
     ("sepico", "sepico.errors", "sepico.files", "sepico.pages"),
-    ("sepico.reference", "sepico.losses", "sepico.estimator"),
+    ("sepico.reference", "sepico.labels", "sepico.losses", "sepico.estimator"),
     ("sepico.method",),
     ("sepico.models", "sepico.data"),
     ("sepico.evaluation",),

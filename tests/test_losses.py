@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import kernels
 from sepico import losses
 from sepico import reference as ref
+from tests.helpers import make_label
 from tests.parity import assert_parity
 
 C = 6
@@ -21,18 +22,6 @@ GRID = (5, 7)           # feature map h x w
 
 
 # --------------------------------------------------------------------------- inputs
-
-def make_label(batch, height, width, gen, *, classes=PRESENT, noise=0.05, ignore_index=255):
-    """Blocky labels (3 x 5 blocks that straddle every cell size) with salt noise and an ignored
-    top-left box: majority votes, ties, low-share cells and ignored cells all occur."""
-    pick = torch.tensor(classes)
-    base = pick[torch.randint(0, len(classes), (batch, height // 3 + 1, width // 5 + 1), generator=gen)]
-    label = base.repeat_interleave(3, 1).repeat_interleave(5, 2)[:, :height, :width].clone()
-    flip = torch.rand(batch, height, width, generator=gen) < noise
-    label[flip] = pick[torch.randint(0, len(classes), (int(flip.sum()),), generator=gen)]
-    label[:, : height // 4, : width // 3] = ignore_index
-    return label.unsqueeze(1)
-
 
 def make_inputs(stride, seed, *, batch=2, grid=GRID, dim=D, num_classes=C, full=False):
     """float64 feat [B, D, h, w] (ReLU'd and L2-normalised like the projection head), labels at
@@ -86,45 +75,6 @@ def check(mode, ours, truth, eager, dtype, tag=""):
                   what=f"losses.{mode} loss{tag}")
     assert_parity(ours[1], truth[1], dtype, eager=None if eager is None else eager[1],
                   what=f"losses.{mode} grad{tag}")
-
-
-# --------------------------------------------------------------------------- label downscaling
-
-@pytest.mark.parametrize("scale", (1, 2, 3, 4, 8, 16))
-@pytest.mark.parametrize("label_dtype", (torch.uint8, torch.int32, torch.int64))
-def test_downscale_matches_one_hot_pooling(scale, label_dtype):
-    gen = torch.Generator().manual_seed(scale)
-    label = make_label(3, 48, 96, gen, classes=(0, 1, 2, 4), noise=0.3)
-    label[0, 0, -16:, -16:] = 255  # a fully ignored corner
-    for ratio in (0.5, 0.6, 0.7, 0.75, 0.9, 1.0):
-        want = ref.downscale_labels_reference(label, scale, num_classes=5, min_ratio=ratio)
-        got = losses.downscale_labels(label.to(label_dtype), scale, num_classes=5, min_ratio=ratio)
-        assert got.dtype == torch.int64 and got.shape == (3, 1, 48 // scale, 96 // scale)
-        assert torch.equal(got, want), f"scale {scale}, min_ratio {ratio}"
-        # [B, H, W] input gives the same
-        assert torch.equal(losses.downscale_labels(label[:, 0], scale, num_classes=5, min_ratio=ratio), want)
-
-
-def test_downscale_ties_and_ignore():
-    # Four 2 x 2 cells: a 2/2 tie of classes 3 and 1 (the lower id wins), a 2/2 tie of ignore and
-    # class 0 (the real class wins), ignore winning 3/4, and class 2 at 3/4.
-    label = torch.tensor([[3, 1, 255, 0, 255, 255, 2, 2],
-                          [1, 3, 0, 255, 255, 1, 2, 0]]).view(1, 1, 2, 8)
-    got = losses.downscale_labels(label, 2, num_classes=4, min_ratio=0.5)
-    assert got.view(-1).tolist() == [1, 0, 255, 2]
-    assert torch.equal(got, ref.downscale_labels_reference(label, 2, num_classes=4, min_ratio=0.5))
-    got = losses.downscale_labels(label, 2, num_classes=4, min_ratio=0.75)
-    assert got.view(-1).tolist() == [255, 255, 255, 2]
-    # Factor 1 is the identity, whatever min_ratio says (as in the reference).
-    assert torch.equal(losses.downscale_labels(label, 1, num_classes=4, min_ratio=2.0), label)
-
-
-def test_nearest_takes_top_left_pixel():
-    gen = torch.Generator().manual_seed(3)
-    label = make_label(2, 40, 56, gen)
-    got = losses.labels_at_feature_resolution(label, (5, 7), use_avg_pool=False, num_classes=C)
-    want = F.interpolate(label.float(), size=(5, 7), mode="nearest").long()
-    assert torch.equal(got, want)
 
 
 # --------------------------------------------------------------------------- parity, torch path
@@ -265,6 +215,36 @@ def test_retained_graph_second_backward():
         torch.testing.assert_close(x.grad, 2 * first, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("mode", ("dist", "dist-full", "proto", "bank"))
+def test_functions_are_the_feature_labels_and_the_kernel_op(mode):
+    """The map-level functions are an adapter and nothing more: sepico.labels's checked feature
+    labels, then the kernels op of the loss, bit for bit in loss and gradient."""
+    from sepico.labels import checked_feature_labels
+
+    feat, label, mean, cov, bank = make_inputs(4, seed=12, full=mode == "dist-full")
+    opts = dict(temperature=0.5, reg_weight=0.7)
+    small = checked_feature_labels(label, feat.shape[-2:], num_classes=C, scale_min_ratio=0.6)
+    x, y = feat.clone().requires_grad_(), feat.clone().requires_grad_()
+    if mode == "bank":
+        packed = torch.zeros(C, max(len(q) for q in bank), D, dtype=feat.dtype)
+        for c, q in enumerate(bank):
+            packed[c, :len(q)] = q
+        memory_bank = kernels.MemoryBank(packed, torch.tensor([len(q) for q in bank]))
+        got = losses.bank_contrastive_loss(x, label, bank, mean=mean, num_classes=C,
+                                           scale_min_ratio=0.6, **opts)
+        want = kernels.bank_contrastive_loss(y, small, memory_bank, mean=mean, **opts)
+    elif mode == "proto":
+        got = losses.proto_contrastive_loss(x, label, mean, num_classes=C, scale_min_ratio=0.6, **opts)
+        want = kernels.dist_contrastive_loss(y, small, mean, **opts)
+    else:
+        got = losses.dist_contrastive_loss(x, label, mean, cov, ratio=0.8, num_classes=C,
+                                           scale_min_ratio=0.6, **opts)
+        want = kernels.dist_contrastive_loss(y, small, mean, cov, ratio=0.8, **opts)
+    got.backward()
+    want.backward()
+    assert torch.equal(got, want) and torch.equal(x.grad, y.grad)
+
+
 def test_module_matches_functions():
     feat, label, mean, cov, bank = make_inputs(4, seed=10)
     opts = dict(num_classes=C, temperature=0.5, reg_weight=1.0, use_avg_pool=False)
@@ -330,14 +310,10 @@ def test_errors():
     bad[0, 0, -1, -1] = C  # a class id >= C that is not ignore
     with pytest.raises(ValueError, match=rf"\[0, {C}\).*found {C}"):
         dist(y=bad)
-    with pytest.raises(ValueError, match="found 6"):
-        losses.downscale_labels(bad, 4, num_classes=C)
     with pytest.raises(ValueError, match="multiple"):
         dist(y=label[..., :-2])  # width no longer the feature width times the factor
     with pytest.raises(ValueError, match="multiple"):
         dist(y=label[..., :-4, :])  # height does not match the width's factor
-    with pytest.raises(ValueError, match="multiple of scale_factor"):
-        losses.downscale_labels(label[..., :-1], 4, num_classes=C)
     with pytest.raises(ValueError, match="cov must have shape"):
         dist(cv=cov[:, :-1])
     with pytest.raises(ValueError, match="cov must have shape"):

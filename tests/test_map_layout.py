@@ -170,14 +170,14 @@ def test_bank_loss_on_a_map_matches_rows(backend, tiles, layout):
         y = labels if classes == C else torch.where(labels == 255, labels, 0)
         x = feat.clone().requires_grad_()
         with _run(backend, tiles):
-            loss = kernels.bank_contrastive_loss(x, y, bank[:classes], lengths[:classes], temperature=0.5,
-                                                 reg_weight=0.5, mean=mean[:classes])
+            loss = kernels.bank_contrastive_loss(x, y, kernels.MemoryBank(bank[:classes], lengths[:classes]),
+                                                 temperature=0.5, reg_weight=0.5, mean=mean[:classes])
         loss.backward()
         rows = _rows(feat).double().requires_grad_()
         with kernels.backend("torch"):
-            truth = kernels.bank_contrastive_loss(rows, y.reshape(-1), bank[:classes].double(),
-                                                  lengths[:classes], temperature=0.5, reg_weight=0.5,
-                                                  mean=mean[:classes].double())
+            truth = kernels.bank_contrastive_loss(
+                rows, y.reshape(-1), kernels.MemoryBank(bank[:classes].double(), lengths[:classes]),
+                temperature=0.5, reg_weight=0.5, mean=mean[:classes].double())
         truth.backward()
         assert x.grad.stride() == feat.stride() or layout == "batch_slice"
         assert_parity(loss, truth, torch.float32, what=f"map bank loss{' C=1' * (classes == 1)}")

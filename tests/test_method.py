@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kernels
-from sepico import losses
+from sepico import labels, losses
 from sepico.method import SePiCo
 from sepico.train.trainer import Trainer
 from tests.helpers import tiny_config
@@ -35,7 +35,7 @@ def test_update_and_loss_equal_the_map_level_functions(variant):
     small = method.labels(label, feat.shape[-2:])
     assert isinstance(small, kernels.CheckedLabels) and (small.num_classes, small.ignore_index) == (C, 255)
     assert small.tensor.shape == (2, 6, 10) and small.tensor.dtype == torch.int64
-    torch.testing.assert_close(small.tensor, losses.labels_at_feature_resolution(label, (6, 10), num_classes=C)[:, 0])
+    torch.testing.assert_close(small.tensor, labels.labels_at_feature_resolution(label, (6, 10), num_classes=C)[:, 0])
     method.update(feat, small)
     flipped = kernels.checked_labels(small.tensor.flip(-1), C)
     method.update(feat.flip(-1), flipped)  # a second batch: non-trivial statistics and bank

@@ -29,7 +29,7 @@ def test_a_compiled_step_with_every_op_inside_matches_eager(backend):
         count, total, _ = kernels.class_moments(feats.detach(), labels, c)
         running = kernels.update_class_distribution(torch.ones(c), mean, cov, feats.detach(), labels)
         loss = (kernels.dist_contrastive_loss(feats, labels, mean, cov, temperature=0.5)
-                + kernels.bank_contrastive_loss(feats, labels, bank, lengths, temperature=0.5))
+                + kernels.bank_contrastive_loss(feats, labels, kernels.MemoryBank(bank, lengths), temperature=0.5))
         return loss + lin.weight.square().mean(), total.sum() + count.sum(), running[1].sum()
 
     results = []

@@ -113,6 +113,37 @@ def test_bad_moment_options():
         kernels.class_moments(g["feats"], g["labels"], 4.0)
 
 
+def test_bad_memory_bank():
+    g = _good()
+    queues = torch.randn(C, 3, D)
+    lengths = torch.full((C,), 3)
+
+    def bank_loss(bank, **kw):
+        return kernels.bank_contrastive_loss(g["feats"], g["labels"], bank, **kw)
+
+    assert torch.isfinite(bank_loss(kernels.MemoryBank(queues, lengths)))
+    with pytest.raises(TypeError, match=r"bank must be a kernels.MemoryBank\(queues"):
+        bank_loss((queues, lengths))  # a plain tuple is not the bank
+    with pytest.raises(TypeError, match=r"bank must be a kernels.MemoryBank"):
+        bank_loss(queues)
+    with pytest.raises(ValueError, match=rf"bank.queues must have shape \[C, L, {D}\]"):
+        bank_loss(kernels.MemoryBank(queues[:, :, :-1], lengths))
+    with pytest.raises(TypeError, match="bank.queues must be floating point"):
+        bank_loss(kernels.MemoryBank(queues.long(), lengths))
+    with pytest.raises(ValueError, match=rf"bank.lengths must be an integer tensor of shape \[{C}\]"):
+        bank_loss(kernels.MemoryBank(queues, lengths[:-1]))
+    with pytest.raises(ValueError, match="bank.lengths must be an integer"):
+        bank_loss(kernels.MemoryBank(queues, lengths.float()))
+    with pytest.raises(ValueError, match=r"bank\[1\] is empty"):
+        bank_loss(kernels.MemoryBank(queues, torch.tensor([3, 0, 3, 3])))
+    with pytest.raises(ValueError, match=r"bank.lengths\[2\] = 4 exceeds the queues' L = 3"):
+        bank_loss(kernels.MemoryBank(queues, torch.tensor([3, 3, 4, 3])))
+    with pytest.raises(ValueError, match="bank.queues must not require grad"):
+        bank_loss(kernels.MemoryBank(queues.requires_grad_(), lengths))
+    with pytest.raises(ValueError, match=r"mean \[C, D\] is required when reg_weight > 0"):
+        bank_loss(kernels.MemoryBank(queues.detach(), lengths), reg_weight=1.0)
+
+
 def test_bad_update_options():
     g = _good()
     with pytest.raises(ValueError, match=r"count must have shape \[4\]"):
@@ -176,7 +207,7 @@ def test_checked_labels_are_read_without_a_check_and_give_the_same_results(monke
     mean, cov = torch.randn(C, D, generator=gen), torch.rand(C, D, generator=gen)
     bank = torch.nn.functional.normalize(torch.randn(C, 3, D, generator=gen), dim=2)
     ops = [lambda y: kernels.dist_contrastive_loss(feats, y, mean, cov),
-           lambda y: kernels.bank_contrastive_loss(feats, y, bank, torch.full((C,), 3)),
+           lambda y: kernels.bank_contrastive_loss(feats, y, kernels.MemoryBank(bank, torch.full((C,), 3))),
            lambda y: kernels.class_moments(feats, y, C),
            lambda y: kernels.update_class_distribution(torch.ones(C), mean, cov, feats, y)]
     plain = [op(labels) for op in ops]
