@@ -43,6 +43,7 @@ IMPL_LABEL = {
     "onehot": "one-hot N x C x D reference",
     "ours": "ours",
     "ours_tf32": "ours (triton, TF32 dots)",
+    "estimator": "estimator: ours in one pass about the running means (training's path)",
 }
 
 
@@ -96,7 +97,7 @@ def cases(family: str, set_name: str, device: str = "cpu") -> list[Case]:
                 out.append(Case("loss", loss_op("bank"), "train", n, d, dt, ("eager", "ours")))
         elif family == "update":
             out.append(Case("update", "update_class_distribution diag", "forward", n, d, dt,
-                            ("onehot",) + impls))
+                            ("onehot",) + impls + ("estimator",)))
         return out
     dtypes, dims = (("float32",), (TARGET_D,)) if set_name == "medium" else (DTYPES, DIMS)
     for op, cov in FAMILY_OPS[family].items():
@@ -111,6 +112,8 @@ def cases(family: str, set_name: str, device: str = "cpu") -> list[Case]:
                                 Case(family, op, "no_grad", n, d, dt, impls)]
                     else:
                         impls = ("eager", "compiled", "ours")
+                        if family == "update":
+                            impls += ("estimator",)
                         if family == "update" and cov == "diag":
                             impls = ("onehot",) + impls
                         out.append(Case(family, op, "forward", n, d, dt, impls))

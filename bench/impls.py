@@ -1,5 +1,6 @@
-"""The implementations put side by side: ours (the kernels) and the references of
-sepico/reference.py (eager, torch.compile, the one-hot estimator); nothing here re-implements them."""
+"""The implementations put side by side: ours (the kernels; for the update also the estimator,
+which composes them as training runs them) and the references of sepico/reference.py (eager,
+torch.compile, the one-hot estimator); nothing here re-implements them."""
 from __future__ import annotations
 
 
@@ -78,13 +79,22 @@ def build(case: Case, impl: str, inputs: dict, backend: str):
             return lambda: fn(feats, labels, C, covariance=cov_kind)
     elif case.family == "update":
         count = inputs["count"]
+        if impl in ("ours", "estimator") and cov_kind == "full" and case.d > 256:
+            raise Unsupported("full covariance takes D <= 256")
         if impl == "ours":
-            if cov_kind == "full" and case.d > 256:
-                raise Unsupported("full covariance takes D <= 256")
-
             def run():
                 with kernels.backend(backend):
                     return kernels.update_class_distribution(count, mean, cov, feats, labels)
+            return run
+        if impl == "estimator":
+            from sepico.estimator import ClassDistributionEstimator
+
+            est = ClassDistributionEstimator(C, feats.shape[1], covariance=cov_kind, device=feats.device)
+            est.load_state_dict({**est.state_dict(), "count": count, "mean": mean, "cov": cov})
+
+            def run():  # each call merges the batch once more: other values, the same work
+                with kernels.backend(backend):
+                    return est.update(feats, labels)
             return run
         if impl == "onehot":
             if cov_kind != "diag":

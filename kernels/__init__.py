@@ -16,13 +16,15 @@ trace the ops' launch descriptions (``InternalTorchDynamoError`` on an H200 with
 a fused kernel has nothing for the compiler to fuse.
 """
 from ._backend import backend, interpreting, requested_backend, tiles
-from ._checks import CheckedLabels, check_label_range, check_num_classes, checked_labels
+from ._checks import (CheckedLabels, check_label_range, check_num_classes, checked_labels, Covariance,
+                      covariance_kind)
 from .bank import bank_contrastive_loss, MemoryBank
-from .contrastive import dist_contrastive_loss
+from .contrastive import dist_contrastive_loss, scaled_statistics, ScaledStatistics
 from .distribution import merge_class_moments, update_class_distribution
 from .moments import class_moments
 
-__all__ = ["CheckedLabels", "MemoryBank", "backend", "bank_contrastive_loss", "check_label_range", "check_num_classes",
-           "checked_labels", "class_moments", "dist_contrastive_loss", "interpreting",
-           "merge_class_moments",
-           "requested_backend", "tiles", "update_class_distribution"]
+__all__ = ["CheckedLabels", "Covariance", "MemoryBank", "ScaledStatistics", "backend",
+           "bank_contrastive_loss", "check_label_range", "check_num_classes", "checked_labels",
+           "class_moments", "covariance_kind", "dist_contrastive_loss", "interpreting",
+           "merge_class_moments", "requested_backend", "scaled_statistics", "tiles",
+           "update_class_distribution"]

@@ -3,6 +3,7 @@ plus one cheap label-range check; and the covariance kind every op encodes the s
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
@@ -10,9 +11,36 @@ import torch
 FLOAT_FEATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 TRITON_FEATS = (torch.float32, torch.float16, torch.bfloat16)
 INT_LABELS = (torch.int64, torch.int32)
-# The covariance kind, one encoding for every op: none (counts and sums only; ProtoCL), diagonal,
-# full. The kernels take it as an int constexpr (moments' SECOND_MODE, the loss's COV_MODE).
-COV_NONE, COV_DIAG, COV_FULL = 0, 1, 2
+
+
+class Covariance(str, enum.Enum):
+    """The covariance kind, one name from a config to the kernels' constexprs, which take its
+    ``.value`` (moments' SECOND_MODE, the loss's COV_MODE). A member equals its name, so
+    ``"diag"`` works wherever ``Covariance.DIAG`` does.
+
+    NONE: no second moment (the loss: ProtoCL; the update's first pass: sums only). DIAG:
+    per-channel variances [C, D] (the official estimator's). FULL: covariance matrices [C, D, D].
+    """
+    NONE = "none"
+    DIAG = "diag"
+    FULL = "full"
+
+    @classmethod
+    def of(cls, cov) -> "Covariance":
+        """The kind of a covariance tensor: None, [C, D] or [C, D, D]."""
+        return cls.NONE if cov is None else (cls.FULL if cov.dim() == 3 else cls.DIAG)
+
+
+def covariance_kind(value, allowed=tuple(Covariance)) -> Covariance:
+    """``value`` (a ``Covariance`` or its name) as a ``Covariance`` among ``allowed``."""
+    try:
+        kind = Covariance(value)
+    except (ValueError, TypeError):
+        kind = None
+    if kind not in allowed:
+        names = ", ".join(repr(k.value) for k in allowed)
+        raise ValueError(f"covariance must be one of {names}, got {value!r}")
+    return kind
 
 
 def check_feats(feats, name: str = "feats") -> None:

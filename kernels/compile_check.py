@@ -36,7 +36,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ._backend import interpreting
-from ._checks import COV_DIAG, COV_FULL, COV_NONE
+from ._checks import Covariance
 from ._launch import Launch
 from ._layout import PixelLayout
 from .bank import MAX_TRITON_CLASSES as MAX_BANK_CLASSES
@@ -71,7 +71,7 @@ KERNELS = {
     "bank_contrastive": _bank_contrastive_kernel,
 }
 
-COV_NAMES = {COV_NONE: "protocl", COV_DIAG: "diag", COV_FULL: "full"}
+COV_NAMES = {Covariance.NONE: "protocl", Covariance.DIAG: "diag", Covariance.FULL: "full"}
 
 
 class Ptr(str):
@@ -180,11 +180,11 @@ def _moment_variants() -> list[Variant]:
     """`moment_partials_triton`, as `class_moments` and both passes of
     `update_class_distribution` call it."""
     # (name, HAS_SHIFT, WITH_TOTAL, SECOND_MODE)
-    calls = [("class_moments diag", False, True, COV_DIAG),
-             ("class_moments full", False, True, COV_FULL),
-             ("update pass1 totals", False, True, COV_NONE),
-             ("update pass2 diag", True, False, COV_DIAG),
-             ("update pass2 full", True, False, COV_FULL)]
+    calls = [("class_moments diag", False, True, Covariance.DIAG),
+             ("class_moments full", False, True, Covariance.FULL),
+             ("update pass1 totals", False, True, Covariance.NONE),
+             ("update pass2 diag", True, False, Covariance.DIAG),
+             ("update pass2 full", True, False, Covariance.FULL)]
     shapes = [(NUM_CLASSES, dim, dtype, "i64", layout) for dim in DIMS for dtype in FEAT_DTYPES
               for layout in LAYOUTS]
     shapes += [(NUM_CLASSES, 256, "fp32", "i32", "map"), (MANY_CLASSES, 256, "fp32", "i64", "map")]
@@ -199,7 +199,7 @@ def _moment_variants() -> list[Variant]:
             f32 = Ptr("*fp32")
             launch = moment_launch(Ptr(f"*{dtype}"), Ptr("*i64"), Ptr(f"*{label_t}"),
                                    f32 if has_shift else None, f32 if with_total else None,
-                                   f32 if mode != COV_NONE else None, z=LAYOUTS[layout](dim),
+                                   f32 if mode != Covariance.NONE else None, z=LAYOUTS[layout](dim),
                                    n=N_PIXELS, num_classes=c, dim=dim, second_mode=mode)
             cfg = dict(launch.args)
             label = (f"{name} D={dim} C={c} {dtype} {layout} labels={label_t} "
@@ -225,7 +225,7 @@ def _loss_variant(cov_mode, c, dim, dtype, has_grad, *, layout="map", has_weight
     f32 = Ptr("*fp32")
     z = LAYOUTS[layout](dim)
     launch = loss_launch(Ptr(f"*{dtype}"), Ptr(f"*{label_t}"), f32 if has_weight else None, f32,
-                         None if cov_mode == COV_NONE else f32, f32, f32 if has_grad else None,
+                         None if cov_mode == Covariance.NONE else f32, f32, f32 if has_grad else None,
                          z=z, num_classes=c, dim=dim,
                          ignore_index=IGNORE_INDEX, cov_mode=cov_mode, precision=precision)
     cfg = dict(launch.args)
@@ -238,7 +238,7 @@ def _loss_variant(cov_mode, c, dim, dtype, has_grad, *, layout="map", has_weight
 
 def _loss_variants() -> list[Variant]:
     out = []
-    for cov_mode in (COV_NONE, COV_DIAG, COV_FULL):
+    for cov_mode in Covariance:
         for dim in DIMS:
             for has_grad in (True, False):
                 for dtype in FEAT_DTYPES:
@@ -250,12 +250,12 @@ def _loss_variants() -> list[Variant]:
                 out.append(_loss_variant(cov_mode, MANY_CLASSES, dim, "fp32", has_grad))
         out.append(_loss_variant(cov_mode, NUM_CLASSES, 256, "fp32", True, has_weight=False))
     for c in MID_CLASSES:  # the pixel tile shrinks with the class axis: 32 and 16 rows
-        for cov_mode in (COV_NONE, COV_DIAG, COV_FULL):
+        for cov_mode in Covariance:
             out.append(_loss_variant(cov_mode, c, 256, "fp32", True))
-    out.append(_loss_variant(COV_DIAG, NUM_CLASSES, 256, "fp32", True, label_t="i32"))
+    out.append(_loss_variant(Covariance.DIAG, NUM_CLASSES, 256, "fp32", True, label_t="i32"))
     for layout in LAYOUTS:
-        out.append(_loss_variant(COV_FULL, NUM_CLASSES, 256, "fp32", True, layout=layout, precision="tf32"))
-        out.append(_loss_variant(COV_DIAG, NUM_CLASSES, 256, "bf16", True, layout=layout, precision="tf32"))
+        out.append(_loss_variant(Covariance.FULL, NUM_CLASSES, 256, "fp32", True, layout=layout, precision="tf32"))
+        out.append(_loss_variant(Covariance.DIAG, NUM_CLASSES, 256, "bf16", True, layout=layout, precision="tf32"))
     return out
 
 

@@ -1,7 +1,7 @@
 """Fused distribution-aware pixel contrastive loss, forward and gradient in one pass (design 4).
 
-With the statistics pre-scaled on the host, M_c = mu_c / tau and A_c = r / (2 tau^2) S_c
-(full: symmetrised, (S_c + S_c^T) / 2), the logit of pixel i for class c is
+With the statistics scaled on the host, M_c = mu_c / tau and A_c = r / (2 tau^2) S_c (full:
+symmetrised, (S_c + S_c^T) / 2), the logit of pixel i for class c is
 
     s_ic = z_i . M_c + quad_c(z_i),   quad_c(z) = sum_d A_cd z_d^2  or  z^T A_c z,
 
@@ -9,6 +9,10 @@ and the per-pixel loss and its gradient are
 
     l_i     = logsumexp_c s_ic - z_i . M_{y_i}
     dl_i/dz = sum_c (p_ic - [c = y_i]) M_c + 2 sum_c p_ic A_c z_i,   p_i = softmax(s_i).
+
+`scaled_statistics` computes M and S / (2 tau^2) once per statistics (`ScaledStatistics`); a call
+with a ratio r other than 1 multiplies the latter by r (O(C D^2) on the host, nothing with r = 1,
+the published ratio).
 
 A program owns BLOCK_N pixels and the whole padded class axis, so the logsumexp stays in
 registers (no cross-program merge, no atomics). It walks D in BLOCK_D chunks twice: once to
@@ -29,7 +33,7 @@ import triton.language as tl
 from ._pixel_loss import PixelLossParams, check_loss_options, pixel_loss
 from ._backend import interpreter_tiles, resolve_backend
 from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_pixel_values,
-                      check_same_device, check_stats, COV_DIAG, COV_FULL, COV_NONE, label_tensor)
+                      check_same_device, check_stats, Covariance, label_tensor)
 from ._launch import gradient_buffer, Launch, poisoned_empty
 from ._layout import image_rows, pixel_layout, pixel_map
 
@@ -81,7 +85,7 @@ def _dist_contrastive_kernel(
     BLOCK_N: tl.constexpr,     # pixels per program
     BLOCK_C: tl.constexpr,     # padded class axis (power of two >= max(C, 16))
     BLOCK_D: tl.constexpr,     # channels per chunk
-    COV_MODE: tl.constexpr,    # 0: ProtoCL, 1: diagonal, 2: full covariance
+    COV_MODE: tl.constexpr,    # a Covariance value: "none" (ProtoCL), "diag", "full"
     HAS_WEIGHT: tl.constexpr,  # multiply loss and gradient by W
     HAS_GRAD: tl.constexpr,    # write G (feats requires grad)
     PRECISION: tl.constexpr,   # tl.dot input precision: "ieee" (exact fp32) or "tf32"
@@ -128,11 +132,11 @@ def _dist_contrastive_kernel(
         lin = tl.dot(_dot_operand(z, PRECISION),
                      _dot_operand(tl.load(M + stats_t, mask=mask_t, other=0.0), PRECISION), lin,
                      input_precision=PRECISION)
-        if COV_MODE == 1:
+        if COV_MODE == "diag":
             quad = tl.dot(_dot_operand(z * z, PRECISION),
                           _dot_operand(tl.load(A + stats_t, mask=mask_t, other=0.0), PRECISION), quad,
                           input_precision=PRECISION)
-    if COV_MODE == 2:
+    if COV_MODE == "full":
         for c in range(0, C):
             q = tl.zeros([BLOCK_N], dtype=tl.float32)
             for j0 in range(0, D, BLOCK_D):
@@ -172,13 +176,13 @@ def _dist_contrastive_kernel(
             g = tl.dot(_dot_operand(coef, PRECISION),
                        _dot_operand(tl.load(M + stats, mask=mask_s, other=0.0), PRECISION),
                        input_precision=PRECISION)
-            if COV_MODE == 1:
+            if COV_MODE == "diag":
                 z = tl.load(z_rows + offs_d.to(tl.int64)[None, :] * stride_zd,
                             mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
                 g += 2.0 * z * tl.dot(_dot_operand(pw, PRECISION),
                                       _dot_operand(tl.load(A + stats, mask=mask_s, other=0.0), PRECISION),
                                       input_precision=PRECISION)
-            if COV_MODE == 2:
+            if COV_MODE == "full":
                 for c in range(0, C):
                     p_c = tl.sum(tl.where(offs_c[None, :] == c, pw, 0.0), axis=1)
                     u = _cov_times_z(z_rows, stride_zd, mask_n,
@@ -202,7 +206,7 @@ class LossConfig:
     maxnreg: int | None = None
 
 
-def loss_config(num_classes: int, dim: int, cov_mode: int, strided_channels: bool = False,
+def loss_config(num_classes: int, dim: int, cov_mode: Covariance, strided_channels: bool = False,
                 interpret: bool | None = None) -> LossConfig:
     """One launch configuration per shape (``strided_channels``: the features are a map, channel
     stride h w, not 1); `loss_launch` picks it, so the compile check reads the same one."""
@@ -227,12 +231,12 @@ def loss_config(num_classes: int, dim: int, cov_mode: int, strided_channels: boo
         # a map (python -m kernels.compile_check); at most 32 pixels and 16-channel chunks over
         # 8 warps did not. Full covariance: 32 pixels, one stage, and ptxas allowed all 255
         # registers (left to its heuristic it held some variants at 128 and spilled 8-20 bytes).
-        if cov_mode == COV_FULL:
+        if cov_mode == Covariance.FULL:
             return LossConfig(block_n=32, block_c=block_c, block_d=16, num_warps=8, num_stages=1,
                               maxnreg=255)
         return LossConfig(block_n=min(32, block_n), block_c=block_c, block_d=16, num_warps=8,
                           num_stages=2)
-    if cov_mode == COV_FULL:
+    if cov_mode == Covariance.FULL:
         # The nested class / chunk loops pipeline badly (spills at num_stages > 1): one stage,
         # 16-channel chunks for the [BLOCK_N, BLOCK_D] product accumulator of z @ A_c (32
         # spilled a few bytes at some dtypes; wide tiles spilled over a kilobyte).
@@ -261,25 +265,21 @@ def loss_launch(Z, Y, W, M, A, LOSS, G, *, z, num_classes, dim, ignore_index, co
             ("HW", z.hw), ("C", num_classes), ("D", dim),
             ("ignore_index", ignore_index),
             ("BLOCK_N", cfg.block_n), ("BLOCK_C", cfg.block_c), ("BLOCK_D", cfg.block_d),
-            ("COV_MODE", cov_mode), ("HAS_WEIGHT", W is not None), ("HAS_GRAD", G is not None),
+            ("COV_MODE", cov_mode.value), ("HAS_WEIGHT", W is not None), ("HAS_GRAD", G is not None),
             ("PRECISION", precision), ("MAP", not z.rows))
     return Launch(_dist_contrastive_kernel, args, (triton.cdiv(z.hw, cfg.block_n), z.batch),
                   cfg.num_warps, cfg.num_stages, cfg.maxnreg)
 
 
-def _cov_mode(a) -> int:
-    return COV_NONE if a is None else (COV_FULL if a.dim() == 3 else COV_DIAG)
-
-
 def contrastive_forward_triton(feats, labels, m, a, weight, ignore_index, want_grad):
     """Launch the fused kernel: per-pixel losses [N] and, if wanted, the gradient buffer shaped
-    like ``feats``."""
+    like ``feats`` (``m`` = mean / tau, ``a`` = r / (2 tau^2) cov; ``a`` None: ProtoCL)."""
     n = labels.numel()
     per_pixel = poisoned_empty(n, device=feats.device)
     grad = gradient_buffer(feats, torch.float32) if want_grad else None
     loss_launch(feats, labels, weight, m, a, per_pixel, grad, z=pixel_layout(feats),
                 num_classes=m.shape[0],
-                dim=feats.shape[1], ignore_index=ignore_index, cov_mode=_cov_mode(a),
+                dim=feats.shape[1], ignore_index=ignore_index, cov_mode=Covariance.of(a),
                 precision=_dot_precision(feats))()
     return per_pixel, grad
 
@@ -359,20 +359,64 @@ def contrastive_forward_torch(feats, labels, m, a, weight, ignore_index, want_gr
     return per_pixel, grad
 
 
-def _scaled_statistics(mean, cov, ratio, temperature, acc):
-    """M = mean / tau; A = r / (2 tau^2) cov, symmetrised when full; None when it cannot matter.
-    Every call: O(C D^2) elementwise work at most, nothing beside the loss's O(N C D)."""
+@dataclass(frozen=True, eq=False)
+class ScaledStatistics:
+    """Class statistics scaled for the loss once (``kernels.scaled_statistics``) and taken by any
+    number of ``dist_contrastive_loss`` calls in place of ``mean`` and ``cov``: M = mean / tau
+    and A = cov / (2 tau^2), symmetrised when full (a call with a ratio r other than 1 takes
+    r A). A call checks from metadata that ``mean`` and the covariance it was made from were
+    not written in place since (their version counters)."""
+    mean: torch.Tensor                # [C, D] as given, detached: the regulariser's
+    cov: torch.Tensor | None          # as given, detached (for its version counter)
+    scaled_mean: torch.Tensor         # [C, D]: mean / tau
+    scaled_cov: torch.Tensor | None   # [C, D] or [C, D, D]: cov / (2 tau^2); None for ProtoCL
+    temperature: float
+    versions: tuple                   # of mean and cov (None: an inference tensor, or no cov)
+
+
+def _versions(*tensors) -> tuple:
+    return tuple(None if t is None or t.is_inference() else t._version for t in tensors)
+
+
+def _scale(mean, cov, temperature, acc):
+    """M = mean / tau and A = cov / (2 tau^2) (symmetrised when full) in ``acc``: O(C D^2)."""
     m = (mean.to(acc) / temperature).contiguous()
-    if cov is None or ratio == 0:
+    if cov is None:
         return m, None
     a = cov.to(acc)
     if a.dim() == 3:
         a = 0.5 * (a + a.transpose(1, 2))
-    return m, (a * (ratio / (2.0 * temperature * temperature))).contiguous()
+    return m, (a * (1.0 / (2.0 * temperature * temperature))).contiguous()
+
+
+def _check_constant_stats(mean, cov) -> None:
+    for name, t in (("mean", mean), ("cov", cov)):
+        if t is not None and t.requires_grad:
+            raise ValueError(f"{name} must not require grad: the class statistics are constants "
+                             f"(detach them); gradients flow to feats only")
+
+
+def scaled_statistics(mean, cov=None, *, temperature=100.0) -> ScaledStatistics:
+    """``mean`` [C, D] and ``cov`` ([C, D] diagonal, [C, D, D] full, or None for ProtoCL) checked
+    and scaled once for ``dist_contrastive_loss`` (``ScaledStatistics``), in float32 (float64
+    for float64 ``mean``). ``sepico.method.SePiCo`` makes one after each estimator update and
+    hands it to every loss of the step."""
+    if not isinstance(mean, torch.Tensor):
+        raise TypeError(f"mean must be a torch.Tensor, got {type(mean).__name__}")
+    if mean.dim() != 2:
+        raise ValueError(f"mean must have shape [C, D], got {tuple(mean.shape)}")
+    check_stats(mean, cov, None, mean.shape[1])
+    _check_constant_stats(mean, cov)
+    check_loss_options(temperature, "mean", 0.0)
+    check_same_device(mean=mean, cov=cov)
+    acc = torch.promote_types(torch.float32, mean.dtype)
+    m, a = _scale(mean, cov, temperature, acc)
+    return ScaledStatistics(mean.detach(), None if cov is None else cov.detach(), m, a,
+                            float(temperature), _versions(mean, cov))
 
 
 @torch.compiler.disable  # a graph break under torch.compile (kernels/__init__.py)
-def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperature=100.0,
+def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperature=None,
                           ignore_index=255, weight=None, reduction="mean", reg_weight=0.0):
     """Distribution-aware pixel contrastive loss (SePiCo DistCL; ProtoCL when ``cov`` is None).
 
@@ -382,9 +426,12 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
             gradient in its own layout (contiguous, or channels-last for a channels-last map).
         labels: one int64 or int32 label per pixel, [N] or [B, h, w], in [0, C) or ``ignore_index``
             (range-checked, one host sync), or a ``kernels.CheckedLabels`` of them (not checked again).
-        mean: [C, D] class means. cov: [C, D] diagonal or [C, D, D] full covariances, or None.
-            Statistics are constants: passing ones that require grad is an error.
-        ratio: covariance scale r. temperature: tau, a divisor of the logits.
+        mean: [C, D] class means, or a ``kernels.ScaledStatistics`` (``kernels.scaled_statistics``:
+            the statistics checked and scaled once, taken as they are; ``cov`` then None).
+            cov: [C, D] diagonal or [C, D, D] full covariances, or None. Statistics are
+            constants: passing ones that require grad is an error.
+        ratio: covariance scale r. temperature: tau, a divisor of the logits: 100.0 when None
+            (with ``ScaledStatistics``: theirs; another value is an error).
         weight: optional per-pixel weights ([N] or [B, h, w]) multiplying each pixel's loss.
         reduction: ``"mean"`` over valid (non-ignored) pixels, 0 when there are none; ``"sum"``;
             ``"none"`` for per-pixel losses ([N] or [B, h, w]), 0 at ignored pixels.
@@ -404,7 +451,28 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
     check_labels(labels, feats)
     feats = pixel_map(feats)
     dim = feats.shape[1]
-    check_stats(mean, cov, None, dim)
+    acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
+    scaled = None
+    if isinstance(mean, ScaledStatistics):
+        stats = mean
+        if cov is not None:
+            raise ValueError("cov must be None when mean is a kernels.ScaledStatistics (it holds the "
+                             "scaled covariance)")
+        if temperature is not None and temperature != stats.temperature:
+            raise ValueError(f"temperature={temperature!r}, but the statistics were scaled for "
+                             f"temperature={stats.temperature!r}")
+        if _versions(stats.mean, stats.cov) != stats.versions:
+            raise ValueError("mean or cov were written in place after kernels.scaled_statistics "
+                             "scaled them; scale them again")
+        temperature = stats.temperature
+        mean, cov = stats.mean, stats.scaled_cov
+        scaled = (stats.scaled_mean.to(acc), None if cov is None else cov.to(acc))
+        if mean.shape[1] != dim:
+            raise ValueError(f"the statistics have D = {mean.shape[1]} channels but feats have {dim}")
+    else:
+        temperature = 100.0 if temperature is None else temperature
+        check_stats(mean, cov, None, dim)
+        _check_constant_stats(mean, cov)
     num_classes = mean.shape[0]
     check_dim(dim, cov is not None and cov.dim() == 3)
     if weight is not None:
@@ -413,10 +481,6 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
         check_pixel_values(weight, feats, "weight")
         if weight.requires_grad:
             raise ValueError("weight must not require grad: gradients flow to feats only")
-    for name, t in (("mean", mean), ("cov", cov)):
-        if t is not None and t.requires_grad:
-            raise ValueError(f"{name} must not require grad: the class statistics are constants "
-                             f"(detach them); gradients flow to feats only")
     check_loss_options(temperature, reduction, reg_weight)
     if not (isinstance(ratio, (int, float)) and abs(ratio) < float("inf")):
         raise ValueError(f"ratio must be a finite number, got {ratio!r}")
@@ -424,8 +488,11 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
     check_label_range(given_labels, num_classes, ignore_index)
 
     on_triton = resolve_backend(feats, mean, cov) == "triton"
-    acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
-    m, a = _scaled_statistics(mean, cov, ratio, temperature, acc)
+    m, a = scaled if scaled is not None else _scale(mean, cov, temperature, acc)
+    if ratio == 0:
+        a = None  # the quadratic term cannot matter: ProtoCL's kernel
+    elif a is not None and ratio != 1:
+        a = a * ratio
     mean = mean.detach()
     labels = labels.reshape(-1).contiguous()
     weight = None if weight is None else weight.to(acc).reshape(-1).contiguous()
@@ -433,5 +500,6 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
     params = PixelLossParams(name="dist_contrastive_loss", ignore_index=ignore_index,
                              reduction=reduction, reg_weight=float(reg_weight),
                              temperature=temperature,
-                             forward=lambda z, y, w, stats, want_grad: forward(z, y, *stats, w, ignore_index, want_grad))
+                             forward=lambda z, y, w, stats, want_grad: forward(
+                                 z, y, *stats, w, ignore_index, want_grad))
     return pixel_loss(feats, labels, weight, mean.to(acc), params, (m, a))

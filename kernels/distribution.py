@@ -8,9 +8,12 @@ Per class, with the running (n, mu, S) and the batch (n_b, m, V) (mean and biase
     S'  = (1 - w) S + w V + w (1 - w) (mu - m)(mu - m)^T full
     n'  = n + n_b
 
-The batch moments come from the class-moment kernel in two passes over the pixels: sums (for m),
-then sums of (z - m)^2 or (z - m)(z - m)^T, so V is exact (no E[z^2] - m^2 cancellation). A class
-absent from the batch has w = 0 and keeps its statistics bit for bit.
+`update_class_distribution` takes the batch moments from the class-moment kernel in two passes
+over the pixels: sums (for m), then sums of (z - m)^2 or (z - m)(z - m)^T, so V is exact (no
+E[z^2] - m^2 cancellation). ``ClassDistributionEstimator.update``, the path training runs, takes
+them in one pass about its running means (`class_moments` with ``shift``) and merges them with
+`merge_class_moments`: one read of the pixels and, over processes, one all_reduce. A class absent
+from the batch has w = 0 and keeps its statistics bit for bit.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import triton.language as tl
 
 from ._backend import interpreter_tiles, resolve_backend
 from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_same_device, check_stats,
-                      COV_DIAG, COV_FULL, COV_NONE, label_tensor, sort_by_class)
+                      Covariance, label_tensor, sort_by_class)
 from ._launch import Launch, poisoned_empty
 from ._layout import pixel_map
 from .moments import moment_partials_torch, moment_partials_triton
@@ -167,10 +170,10 @@ def update_class_distribution(count, mean, cov, feats, labels, *, ignore_index=2
     on_triton = resolve_backend(feats, mean) == "triton"
     partials = moment_partials_triton if on_triton else moment_partials_torch
     with torch.no_grad():  # statistics: detached on every backend
-        total, _ = partials(feats, order, bounds, num_classes, second_mode=COV_NONE)
+        total, _ = partials(feats, order, bounds, num_classes, second_mode=Covariance.NONE)
         batch_mean = (total / n_b.clamp(min=1.0)[:, None]).to(mean.dtype)
         _, centred = partials(feats, order, bounds, num_classes, shift=batch_mean, with_total=False,
-                              second_mode=COV_FULL if full else COV_DIAG)
+                              second_mode=Covariance.of(cov))
         merge = _merge_triton if on_triton else _merge_torch
         return merge(count, mean, cov, n_b, batch_mean, centred.to(mean.dtype))
 
@@ -184,7 +187,8 @@ def merge_class_moments(count, mean, cov, batch_count, batch_total, batch_second
     products); ``shift`` [C, D] is the offset they were taken with (None: zero). The batch mean is
     ``shift + total / n`` and the centred second moment ``second - n d d^T`` with ``d = total / n``:
     a one-pass formula, exact to rounding when the shift is near the class means (the running
-    means are). Returns new ``(count, mean, cov)``.
+    means are: ``ClassDistributionEstimator.update`` is ``class_moments(shift=running means)``
+    and this merge). Returns new ``(count, mean, cov)``.
     """
     _check_running(count, mean, cov, mean.shape[1])
     full = cov.dim() == 3

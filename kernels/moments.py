@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ._backend import interpreter_tiles, resolve_backend
 from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_num_classes,
-                      check_same_device, COV_DIAG, COV_FULL, COV_NONE, label_tensor, sort_by_class)
+                      check_same_device, Covariance, covariance_kind, label_tensor, sort_by_class)
 from ._launch import Launch, poisoned_empty
 from ._layout import gather_pixels, pixel_layout, pixel_map, pixel_offsets
 
@@ -36,21 +36,21 @@ def _class_moment_partials_kernel(
     BOUNDS,                    # [C + 1] int64: class c owns ORDER[BOUNDS[c] : BOUNDS[c + 1]]
     SHIFT,                     # [C, D] float32: subtracted from every pixel of its class (HAS_SHIFT)
     TOTAL,                     # [SPLIT, C, D] float32 out: partial sums (WITH_TOTAL)
-    SECOND,                    # [SPLIT, C, D] (DIAG) or [SPLIT, C, D, D] (FULL) float32 out
+    SECOND,                    # [SPLIT, C, D] ("diag") or [SPLIT, C, D, D] ("full") float32 out
     C, D,                      # number of classes, channels
     SPLIT: tl.constexpr,       # programs per class; program s takes row blocks s, s + SPLIT, ...
     BLOCK_N: tl.constexpr,     # rows per step
-    BLOCK_D: tl.constexpr,     # channels per tile (FULL: a BLOCK_D x BLOCK_D tile of Q_c)
+    BLOCK_D: tl.constexpr,     # channels per tile ("full": a BLOCK_D x BLOCK_D tile of Q_c)
     HAS_SHIFT: tl.constexpr,   # accumulate z - SHIFT[c] instead of z
     WITH_TOTAL: tl.constexpr,  # write the first moment
-    SECOND_MODE: tl.constexpr,  # 0: none, 1: diagonal, 2: full outer products
+    SECOND_MODE: tl.constexpr,  # a Covariance value: "none", "diag" (squares), "full" (outer products)
 ):
     """Partial per-class moments: TOTAL[s, c] = sum z, SECOND[s, c] = sum z*z or sum z z^T."""
     c = tl.program_id(0)
     s = tl.program_id(1)
     pid_d = tl.program_id(2)
     num_d = tl.cdiv(D, BLOCK_D)
-    if SECOND_MODE == 2:
+    if SECOND_MODE == "full":
         di = pid_d // num_d
         dj = pid_d % num_d
     else:
@@ -81,9 +81,9 @@ def _class_moment_partials_kernel(
             zi = tl.where(tile_i, zi - shift_i[None, :], 0.0)
         if WITH_TOTAL:
             acc_total += tl.sum(zi, axis=0)
-        if SECOND_MODE == 1:
+        if SECOND_MODE == "diag":
             acc_diag += tl.sum(zi * zi, axis=0)
-        if SECOND_MODE == 2:
+        if SECOND_MODE == "full":
             tile_j = mask_n[:, None] & mask_j[None, :]
             zj = tl.load(Z + rows[:, None] + offs_j.to(tl.int64)[None, :] * stride_zd,
                          mask=tile_j, other=0.0).to(tl.float32)
@@ -92,11 +92,11 @@ def _class_moment_partials_kernel(
             acc_full = tl.dot(tl.trans(zi), zj, acc_full, input_precision="ieee")
     slot = (s * C + c).to(tl.int64)
     if WITH_TOTAL:
-        if dj == 0:  # with FULL, the first column tile writes the sums
+        if dj == 0:  # with "full", the first column tile writes the sums
             tl.store(TOTAL + slot * D + offs_i, acc_total, mask=mask_i)
-    if SECOND_MODE == 1:
+    if SECOND_MODE == "diag":
         tl.store(SECOND + slot * D + offs_i, acc_diag, mask=mask_i)
-    if SECOND_MODE == 2:
+    if SECOND_MODE == "full":
         tl.store(SECOND + slot * D * D + offs_i[:, None] * D + offs_j[None, :], acc_full,
                  mask=mask_i[:, None] & mask_j[None, :])
 
@@ -110,12 +110,12 @@ class MomentConfig:
     num_stages: int
 
 
-def moment_config(n: int, num_classes: int, dim: int, second_mode: int, strided_channels: bool = False,
+def moment_config(n: int, num_classes: int, dim: int, second_mode: Covariance, strided_channels: bool = False,
                   interpret: bool | None = None) -> MomentConfig:
     """One launch configuration per shape (no autotuning: the bits must not depend on timing).
     ``strided_channels``: the features are a map (channel stride h w, not 1)."""
     interpret = interpreter_tiles() if interpret is None else interpret
-    full = second_mode == COV_FULL
+    full = second_mode == Covariance.FULL
     # tl.dot needs tiles of at least 16; a FULL program holds a BLOCK_D x BLOCK_D accumulator.
     block_d = max(16, min(triton.next_power_of_2(dim), 64 if full else 128))
     if interpret:
@@ -141,33 +141,33 @@ def moment_config(n: int, num_classes: int, dim: int, second_mode: int, strided_
 
 
 def moment_launch(Z, ORDER, BOUNDS, SHIFT, TOTAL, SECOND, *, z, n, num_classes, dim,
-                  second_mode) -> Launch:
+                  second_mode: Covariance) -> Launch:
     """The moment kernel's launch: tensors (or the compile check's pointer stand-ins), the
     features' `PixelLayout` ``z``; absent optional pointers (None) are replaced by BOUNDS, never
     dereferenced."""
     cfg = moment_config(n, num_classes, dim, second_mode, strided_channels=not z.rows)
     num_d = triton.cdiv(dim, cfg.block_d)
-    grid = (num_classes, cfg.split, num_d * num_d if second_mode == COV_FULL else num_d)
+    grid = (num_classes, cfg.split, num_d * num_d if second_mode == Covariance.FULL else num_d)
     args = (("Z", Z), *z.args("z"), ("HW", max(1, z.hw)), ("ORDER", ORDER),
             ("BOUNDS", BOUNDS), ("SHIFT", BOUNDS if SHIFT is None else SHIFT),
             ("TOTAL", BOUNDS if TOTAL is None else TOTAL),
             ("SECOND", BOUNDS if SECOND is None else SECOND), ("C", num_classes), ("D", dim),
             ("SPLIT", cfg.split), ("BLOCK_N", cfg.block_n), ("BLOCK_D", cfg.block_d),
             ("HAS_SHIFT", SHIFT is not None), ("WITH_TOTAL", TOTAL is not None),
-            ("SECOND_MODE", second_mode))
+            ("SECOND_MODE", second_mode.value))
     return Launch(_class_moment_partials_kernel, args, grid, cfg.num_warps, cfg.num_stages)
 
 
 def moment_partials_triton(feats, order, bounds, num_classes, *, shift=None, with_total=True,
-                           second_mode=COV_DIAG):
+                           second_mode=Covariance.DIAG):
     """Launch the kernel and add the SPLIT partials in a fixed order. Returns (total, second)."""
     n, dim = order.numel(), feats.shape[1]
     layout = pixel_layout(feats)
     cfg = moment_config(n, num_classes, dim, second_mode, strided_channels=not layout.rows)
     device = feats.device
     total = poisoned_empty(cfg.split, num_classes, dim, device=device) if with_total else None
-    second_shape = {COV_NONE: None, COV_DIAG: (cfg.split, num_classes, dim),
-                    COV_FULL: (cfg.split, num_classes, dim, dim)}[second_mode]
+    second_shape = {Covariance.NONE: None, Covariance.DIAG: (cfg.split, num_classes, dim),
+                    Covariance.FULL: (cfg.split, num_classes, dim, dim)}[second_mode]
     second = poisoned_empty(*second_shape, device=device) if second_shape else None
     moment_launch(feats, order, bounds, shift, total, second, z=layout, n=n,
                   num_classes=num_classes, dim=dim, second_mode=second_mode)()
@@ -181,14 +181,14 @@ def _moments_chunk_rows(dim: int) -> int:
 
 
 def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with_total=True,
-                          second_mode=COV_DIAG):
+                          second_mode=Covariance.DIAG):
     """The same reduction in PyTorch: class by class over the grouped pixel order, in chunks."""
     dim = feats.shape[1]
     acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
     total = torch.zeros(num_classes, dim, dtype=acc, device=feats.device) if with_total else None
-    second = {COV_NONE: None,
-              COV_DIAG: lambda: torch.zeros(num_classes, dim, dtype=acc, device=feats.device),
-              COV_FULL: lambda: torch.zeros(num_classes, dim, dim, dtype=acc, device=feats.device),
+    second = {Covariance.NONE: None,
+              Covariance.DIAG: lambda: torch.zeros(num_classes, dim, dtype=acc, device=feats.device),
+              Covariance.FULL: lambda: torch.zeros(num_classes, dim, dim, dtype=acc, device=feats.device),
               }[second_mode]
     second = second() if second is not None else None
     step = _moments_chunk_rows(dim)
@@ -200,9 +200,9 @@ def moment_partials_torch(feats, order, bounds, num_classes, *, shift=None, with
                 z -= shift[c]
             if with_total:
                 total[c] += z.sum(0)
-            if second_mode == COV_DIAG:
+            if second_mode == Covariance.DIAG:
                 second[c] += (z * z).sum(0)
-            elif second_mode == COV_FULL:
+            elif second_mode == Covariance.FULL:
                 second[c].addmm_(z.T, z)
     return total, second
 
@@ -217,8 +217,8 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         labels: one int64 or int32 class id per pixel, [N] or [B, h, w], in [0, num_classes) or
             ``ignore_index``, or a ``kernels.CheckedLabels`` of them (as for ``dist_contrastive_loss``).
         num_classes: C, from 1 to 256.
-        covariance: ``"diag"`` for sums of squares [C, D], ``"full"`` for sums of outer products
-            [C, D, D].
+        covariance: ``kernels.Covariance.DIAG`` (or ``"diag"``) for sums of squares [C, D],
+            ``FULL`` (``"full"``) for sums of outer products [C, D, D].
         shift: optional [C, D] per-class offset: the moments are those of ``z - shift[y]``. With
             a shift near the class means (the running means, say) the second moments stay exact
             enough to give covariances; moments from several processes still add up.
@@ -229,14 +229,12 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         pixels contribute nothing; absent classes give zeros. Bit-for-bit reproducible on the same
         device (no atomics).
     """
-    if covariance not in ("diag", "full"):
-        raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+    covariance = covariance_kind(covariance, (Covariance.DIAG, Covariance.FULL))
     check_feats(feats)
     check_num_classes(num_classes)
     given_labels, labels = labels, label_tensor(labels)
     check_labels(labels, feats)
-    full = covariance == "full"
-    check_dim(feats.shape[1], full)
+    check_dim(feats.shape[1], covariance == Covariance.FULL)
     check_same_device(feats=feats, labels=labels, shift=shift)
     if shift is not None:
         if not isinstance(shift, torch.Tensor) or not shift.is_floating_point():
@@ -253,6 +251,5 @@ def class_moments(feats, labels, num_classes, *, ignore_index=255, covariance="d
         acc = torch.float64 if feats.dtype == torch.float64 else torch.float32
         shift = shift.to(acc).contiguous()
     with torch.no_grad():  # statistics, not a differentiable op: detached on every backend
-        total, second = impl(feats, order, bounds, num_classes, shift=shift,
-                             second_mode=COV_FULL if full else COV_DIAG)
+        total, second = impl(feats, order, bounds, num_classes, shift=shift, second_mode=covariance)
     return count, total, second

@@ -52,8 +52,7 @@ class ClassDistributionEstimator:
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
-        if covariance not in ("diag", "full"):
-            raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+        covariance = kernels.covariance_kind(covariance, (kernels.Covariance.DIAG, kernels.Covariance.FULL))
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 < momentum < 1.0):
@@ -144,6 +143,9 @@ class ClassDistributionEstimator:
         ``group`` with one ``all_reduce`` of C x (1 + 2D) numbers (diagonal) or C x (1 + D + D^2)
         (full), never the pixels, then the count-weighted merge (``kernels.merge_class_moments``).
         Every process ends with the statistics and bank of one update over all their pixels.
+        ``kernels.update_class_distribution`` takes the batch moments in two passes instead,
+        about the batch means (exact at any distance from the running means, one more read of
+        the pixels); near the running means both give the same statistics to float32 rounding.
 
         Args:
             feats: [N, D] rows or a [B, D, h, w] map of embeddings (float32, float16, bfloat16,

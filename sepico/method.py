@@ -10,7 +10,8 @@ the contrastive loss of one variant, behind three calls.
 `labels` brings image-resolution labels to the feature grid once (majority vote or nearest
 neighbour) and checks their range once; the estimator update and every loss of the step then read
 the same [B, h, w] tensor as a ``kernels.CheckedLabels``, so the kernels' range check does not
-run (nor sync) again for it. Embeddings go in as the [B, D, h, w] maps the projection
+run (nor sync) again for it. `update` scales the new statistics once (``kernels.ScaledStatistics``:
+mean / tau, covariance / (2 tau^2)), and every loss until the next update takes them as they are. Embeddings go in as the [B, D, h, w] maps the projection
 head emits: one kernel launch per call, no [N, D] copy, the gradient in the map's own layout.
 """
 from __future__ import annotations
@@ -72,8 +73,9 @@ class SePiCo:
         self._contrast_weight = contrast_weight
         self._label_options = dict(use_avg_pool=use_avg_pool, scale_min_ratio=scale_min_ratio,
                                    num_classes=num_classes, ignore_index=ignore_index)
-        self._loss_options = dict(temperature=temperature, reg_weight=reg_weight,
-                                  ignore_index=ignore_index)
+        self._temperature = temperature
+        self._loss_options = dict(reg_weight=reg_weight, ignore_index=ignore_index)
+        self._rescale()
 
     @classmethod
     def from_config(cls, method, *, num_classes: int, dim: int, max_iters: int, device=None) -> "SePiCo":
@@ -92,9 +94,18 @@ class SePiCo:
         sync), the result taken by ``update`` and ``loss`` without another check."""
         return checked_feature_labels(label, feat_size, **self._label_options)
 
+    def _rescale(self) -> None:
+        """Scale the estimator's statistics for DistCL / ProtoCL (BankCL: none), once per change."""
+        est = self.estimator
+        self._scaled_from = est.mean
+        self._statistics = None if self.variant == "bank" else kernels.scaled_statistics(
+            est.mean, est.cov if self.variant == "dist" else None, temperature=self._temperature)
+
     def update(self, feats: torch.Tensor, labels: torch.Tensor, *, group=None) -> None:
-        """Merge embeddings [B, D, h, w] with their ``labels`` [B, h, w] into the estimator."""
+        """Merge embeddings [B, D, h, w] with their ``labels`` [B, h, w] into the estimator, and
+        scale its statistics once for every loss until the next update."""
         self.estimator.update(feats, labels, ignore_index=self.ignore_index, group=group)
+        self._rescale()
 
     def ratio(self, iteration: int) -> float:
         """The covariance ratio r at ``iteration`` (DistCL)."""
@@ -105,15 +116,16 @@ class SePiCo:
     def loss(self, feats: torch.Tensor, labels: torch.Tensor, iteration: int = 0) -> torch.Tensor:
         """contrast_weight x the variant's loss of embeddings [B, D, h, w] with feature-grid
         ``labels`` [B, h, w] (``labels``), against the current statistics."""
-        est = self.estimator
         if self.variant == "bank":
+            est = self.estimator
             loss = kernels.bank_contrastive_loss(feats, labels, est.memory_bank, mean=est.mean,
-                                                 **self._loss_options)
-        elif self.variant == "dist":
-            loss = kernels.dist_contrastive_loss(feats, labels, est.mean, est.cov,
+                                                 temperature=self._temperature, **self._loss_options)
+        else:  # the statistics scaled at the last update (ProtoCL's without the covariance)
+            if self._scaled_from is not self.estimator.mean:
+                raise RuntimeError("the estimator was updated outside SePiCo.update / load_state_dict: "
+                                   "its statistics were not scaled for the loss")
+            loss = kernels.dist_contrastive_loss(feats, labels, self._statistics,
                                                  ratio=self.ratio(iteration), **self._loss_options)
-        else:
-            loss = kernels.dist_contrastive_loss(feats, labels, est.mean, **self._loss_options)
         return self._contrast_weight * loss
 
     def state_dict(self) -> dict:
@@ -121,3 +133,4 @@ class SePiCo:
 
     def load_state_dict(self, state: dict) -> None:
         self.estimator.load_state_dict(state)
+        self._rescale()

@@ -11,7 +11,7 @@ import kernels
 from sepico import losses
 from sepico.estimator import ClassDistributionEstimator
 from sepico.reference import estimator_update_reference
-from tests.parity import assert_parity, make_feats, make_labels
+from tests.parity import assert_parity, make_feats, make_labels, make_stats, rel_error
 
 C, D = 7, 19
 
@@ -79,6 +79,31 @@ def test_updates_match_reference_triton_backend(covariance):
         for (feats, labels), state in zip(steps, want):
             est.update(feats.float(), labels.to(torch.int32))
             check_state(est, state, torch.float32, f" ({covariance}, triton)")
+
+
+@pytest.mark.parametrize("backend", ("torch", "triton"))
+@pytest.mark.parametrize("covariance", ("diag", "full"))
+def test_update_is_one_pass_about_the_running_means(backend, covariance):
+    """The estimator's update (one algorithm for one process and many) is class_moments about
+    its running means and merge_class_moments, bit for bit; near those means it gives the
+    statistics of kernels.update_class_distribution's two passes to float32 rounding."""
+    gen = torch.Generator().manual_seed(8)
+    c, d = 19, 130
+    labels = make_labels(4099, c, gen, ignore_frac=0.2, absent=(4,))
+    mean, cov = make_stats(c, d, gen, full=covariance == "full")
+    feats = mean[labels.clamp(max=c - 1)] + 0.5 * make_feats(4099, d, gen)  # pixels around the means
+    count = torch.rand(c, generator=gen) * 100
+    est = ClassDistributionEstimator(c, d, covariance=covariance)
+    est.load_state_dict({**est.state_dict(), "count": count, "mean": mean, "cov": cov})
+    with kernels.backend(backend):
+        est.update(feats, labels)
+        moments = kernels.class_moments(feats, labels, c, covariance=covariance, shift=mean)
+        want = kernels.merge_class_moments(count, mean, cov, *moments, shift=mean)
+        two_pass = kernels.update_class_distribution(count, mean, cov, feats, labels)
+    for name, got, expected, exact in zip(("count", "mean", "cov"), (est.count, est.mean, est.cov),
+                                          want, two_pass):
+        assert torch.equal(got, expected), name
+        assert rel_error(got, exact) < 1e-6, name
 
 
 def test_bank_semantics():
@@ -215,8 +240,10 @@ def test_from_reference_checkpoint(tmp_path, covariance):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="covariance"):
+    with pytest.raises(ValueError, match="covariance must be one of 'diag', 'full', got 'diagonal'"):
         ClassDistributionEstimator(C, D, covariance="diagonal")
+    with pytest.raises(ValueError, match="covariance must be one of 'diag', 'full', got 'none'"):
+        ClassDistributionEstimator(C, D, covariance="none")  # an estimator keeps a covariance
     with pytest.raises(ValueError, match="memory_length"):
         ClassDistributionEstimator(C, D, memory_length=-1)
     with pytest.raises(TypeError, match="dtype"):

@@ -85,6 +85,34 @@ def test_labels_are_checked_once(monkeypatch):
         method.labels(bad, feat.shape[-2:])
 
 
+@pytest.mark.parametrize("variant", ("dist", "proto"))
+def test_statistics_are_scaled_once_per_update(monkeypatch, variant):
+    """update scales the estimator's statistics once (kernels.scaled_statistics); every loss
+    until the next update takes them as they are, with its own ratio, and equals the op on the
+    raw statistics bit for bit; an estimator changed behind the object's back is an error."""
+    feat, label = _inputs(2)
+    method = SePiCo(variant, num_classes=C, dim=D, temperature=0.5, ratio=2.0,
+                    ratio_schedule="linear", max_iters=4, reg_weight=0.5)
+    calls = []
+    real = kernels.scaled_statistics
+    monkeypatch.setattr(kernels, "scaled_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    small = method.labels(label, feat.shape[-2:])
+    method.update(feat, small)
+    est = method.estimator
+    for iteration in (1, 3):
+        got = method.loss(feat, small, iteration)
+        cov = est.cov if variant == "dist" else None
+        want = kernels.dist_contrastive_loss(feat, small, est.mean, cov, ratio=method.ratio(iteration),
+                                             temperature=0.5, reg_weight=0.5)
+        assert torch.equal(got, want)
+    assert len(calls) == 1
+    est.update(feat, small.tensor)  # not through method.update: the scaled statistics are stale
+    with pytest.raises(RuntimeError, match="updated outside SePiCo.update"):
+        method.loss(feat, small)
+    method.load_state_dict(est.state_dict())
+    assert torch.isfinite(method.loss(feat, small)) and len(calls) == 2
+
+
 # Host reads of tensors (item / tolist / bool / int / float) made by sepico and kernels code during
 # one training step: on a GPU each is a device sync. Reads of host-side values are not counted: the
 # data pipeline (before .to(device)), the draws of the trainer's host random generator (the

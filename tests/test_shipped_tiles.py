@@ -10,16 +10,12 @@ import pytest
 import torch
 
 import kernels
-from kernels._checks import COV_DIAG, COV_FULL, COV_NONE
 from kernels.contrastive import loss_config
 from kernels.distribution import merge_block_d
 from kernels.moments import moment_config
 from sepico.reference import (class_moments_reference, dist_contrastive_loss_reference,
                               update_class_distribution_reference)
 from tests.parity import assert_parity, make_feats, make_labels, make_stats
-
-COV_MODES = {"none": COV_NONE, "diag": COV_DIAG, "full": COV_FULL}
-
 
 def _partial(size: int, block: int) -> bool:
     return size % block != 0 and size > block  # more than one tile, the last one partial
@@ -39,8 +35,8 @@ LOSS_CASES = [
 
 @pytest.mark.parametrize("n,d,c,cov_kind,dtype", LOSS_CASES)
 def test_loss_at_the_gpu_tiles(n, d, c, cov_kind, dtype):
-    cfg = loss_config(c, d, COV_MODES[cov_kind], interpret=False)
-    assert cfg != loss_config(c, d, COV_MODES[cov_kind], interpret=True)
+    cfg = loss_config(c, d, kernels.Covariance(cov_kind), interpret=False)
+    assert cfg != loss_config(c, d, kernels.Covariance(cov_kind), interpret=True)
     assert _partial(n, cfg.block_n) and _partial(d, cfg.block_d) and c < cfg.block_c
     gen = torch.Generator().manual_seed(n + d + c)
     feats = make_feats(n, d, gen, dtype)
@@ -71,7 +67,7 @@ MOMENT_CASES = [(25_013, 150, 3, "diag"), (25_013, 70, 3, "full"), (999, 150, 19
 
 @pytest.mark.parametrize("n,d,c,kind", MOMENT_CASES)
 def test_moments_at_the_gpu_tiles(n, d, c, kind):
-    mode = COV_FULL if kind == "full" else COV_DIAG
+    mode = kernels.Covariance(kind)
     cfg = moment_config(n, c, d, mode, interpret=False)
     assert cfg != moment_config(n, c, d, mode, interpret=True)
     assert _partial(d, cfg.block_d) and (cfg.split > 1 or c == 19)
@@ -94,7 +90,7 @@ def test_update_at_the_gpu_tiles(n, d, c, kind):
         gpu_block = merge_block_d(d, full)
     # The merge's tiles (64 x 64 when full: partial on both axes here) and the moments' GPU tiles.
     assert _partial(d, gpu_block) if full else d % gpu_block != 0
-    mode = COV_FULL if full else COV_DIAG
+    mode = kernels.Covariance(kind)
     assert moment_config(n, c, d, mode, interpret=False) != moment_config(n, c, d, mode, interpret=True)
     gen = torch.Generator().manual_seed(d + c)
     feats = make_feats(n, d, gen) + 0.3

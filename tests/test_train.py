@@ -185,6 +185,7 @@ def test_learning_rate_schedule():
     ("optim.lrr=1", "unknown config key 'optim.lrr'"),
     ("optim.lr=fast", "config field 'optim.lr' must be float"),
     ("method.variant=magic", "config field 'method.variant' must be one of"),
+    ("method.covariance=none", "config field 'method.covariance' must be one of diag, full, got 'none'"),
     ("train.max_iters=0", "config field 'train.max_iters' must be > 0"),
     ("data.source=gta6", "config field 'data.source' must be one of"),
     ("model.pretrained=/no/such/file.pth", "config field 'model.pretrained': no file"),

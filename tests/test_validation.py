@@ -105,12 +105,77 @@ def test_bad_loss_options(over, exc, msg):
 
 def test_bad_moment_options():
     g = _good()
-    with pytest.raises(ValueError, match="covariance must be"):
+    with pytest.raises(ValueError, match="covariance must be one of 'diag', 'full', got 'diagonal'"):
         kernels.class_moments(g["feats"], g["labels"], C, covariance="diagonal")
     with pytest.raises(ValueError, match="num_classes must be in"):
         kernels.class_moments(g["feats"], g["labels"], 0)
     with pytest.raises(TypeError, match="num_classes must be an int"):
         kernels.class_moments(g["feats"], g["labels"], 4.0)
+
+
+def test_covariance_kind_is_one_enum():
+    """kernels.Covariance names the kind from a config to the kernels: a member equals its name,
+    and a tensor tells its kind; an op or estimator refuses a kind it does not keep."""
+    Cov = kernels.Covariance
+    assert [k.value for k in Cov] == ["none", "diag", "full"] and Cov.DIAG == "diag"
+    assert kernels.covariance_kind("full") is Cov.FULL and kernels.covariance_kind(Cov.NONE) is Cov.NONE
+    assert [Cov.of(t) for t in (None, torch.zeros(C, D), torch.zeros(C, D, D))] == [Cov.NONE, Cov.DIAG, Cov.FULL]
+    with pytest.raises(ValueError, match=r"covariance must be one of 'none', 'diag', 'full', got \[1\]"):
+        kernels.covariance_kind([1])
+    g = _good()
+    with pytest.raises(ValueError, match="covariance must be one of 'diag', 'full', got 'none'"):
+        kernels.class_moments(g["feats"], g["labels"], C, covariance="none")
+    by_name = kernels.class_moments(g["feats"], g["labels"], C, covariance="full")
+    by_member = kernels.class_moments(g["feats"], g["labels"], C, covariance=Cov.FULL)
+    assert all(torch.equal(a, b) for a, b in zip(by_name, by_member))
+
+
+@pytest.mark.parametrize("backend", ("torch", "triton"))
+@pytest.mark.parametrize("kind", ("none", "diag", "full"))
+def test_scaled_statistics_give_the_raw_statistics_results(backend, kind):
+    """kernels.scaled_statistics scales once; the op then gives what it gives on the raw
+    statistics, bit for bit, at any ratio (the ratio is the call's)."""
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(N, D, generator=gen).requires_grad_()
+    labels = torch.randint(0, C, (N,), generator=gen)
+    mean = torch.randn(C, D, generator=gen)
+    b = torch.randn(C, D, D, generator=gen)
+    cov = {"none": None, "diag": torch.rand(C, D, generator=gen), "full": b @ b.transpose(1, 2)}[kind]
+    stats = kernels.scaled_statistics(mean, cov, temperature=0.5)
+    for ratio in (1.0, 0.7, 0.0):
+        with kernels.backend(backend):
+            got = kernels.dist_contrastive_loss(feats, labels, stats, ratio=ratio, reg_weight=0.3)
+            (g_got,) = torch.autograd.grad(got, feats)
+            want = kernels.dist_contrastive_loss(feats, labels, mean, cov, ratio=ratio, temperature=0.5,
+                                                 reg_weight=0.3)
+            (g_want,) = torch.autograd.grad(want, feats)
+        assert torch.equal(got, want) and torch.equal(g_got, g_want), ratio
+
+
+def test_bad_scaled_statistics():
+    g = _good()
+    stats = kernels.scaled_statistics(g["mean"], g["cov"], temperature=0.5)
+    with pytest.raises(ValueError, match="cov must be None when mean is a kernels.ScaledStatistics"):
+        kernels.dist_contrastive_loss(g["feats"], g["labels"], stats, g["cov"])
+    with pytest.raises(ValueError, match=r"temperature=100.0, but the statistics were scaled for temperature=0.5"):
+        kernels.dist_contrastive_loss(g["feats"], g["labels"], stats, temperature=100.0)
+    kernels.dist_contrastive_loss(g["feats"], g["labels"], stats, temperature=0.5)  # the same: fine
+    with pytest.raises(ValueError, match="the statistics have D = 6 channels but feats have 5"):
+        kernels.dist_contrastive_loss(g["feats"][:, :5], g["labels"], stats)
+    with pytest.raises(ValueError, match="must not require grad"):
+        kernels.scaled_statistics(g["mean"].requires_grad_(), g["cov"])
+    with pytest.raises(ValueError, match="cov must have shape"):
+        kernels.scaled_statistics(g["mean"].detach(), g["cov"][:, :-1])
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+        kernels.scaled_statistics(g["mean"].detach(), temperature=0.0)
+    with pytest.raises(ValueError, match=r"mean must have shape \[C, D\]"):
+        kernels.scaled_statistics(g["mean"].detach()[0])
+    for written in ("mean", "cov"):
+        a = _good()
+        stats = kernels.scaled_statistics(a["mean"], a["cov"])
+        a[written].mul_(2.0)  # in place after scaling: the scaled copy is stale
+        with pytest.raises(ValueError, match="written in place after kernels.scaled_statistics"):
+            kernels.dist_contrastive_loss(a["feats"], a["labels"], stats)
 
 
 def test_bad_memory_bank():

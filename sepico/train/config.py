@@ -9,13 +9,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernels import Covariance
 from sepico.data.names import DAY_NIGHT_TARGETS, SOURCES, TARGETS
 from sepico.data.real import ACDC_CONDITIONS
 from sepico.errors import ConfigError
 from sepico.method import CONTRASTIVE_VARIANTS, RATIO_SCHEDULES
 
 VARIANTS = CONTRASTIVE_VARIANTS + ("self_training", "source_only")
-COVARIANCES = ("diag", "full")
+COVARIANCES = (Covariance.DIAG.value, Covariance.FULL.value)  # the kinds an estimator keeps
 PSEUDO_WEIGHTS = ("dacs", "pixel")
 TEACHER_STATISTICS = ("batch", "running")
 TARGET_PASSES = ("projection", "full")
