@@ -28,9 +28,11 @@ the same two steps with its estimator's statistics. Each function is those two s
 else (tests/test_losses.py holds them to it, bit for bit): ``sepico.labels.checked_feature_labels``
 (the labels at feature resolution, range-checked once) and the ``kernels`` op of the loss
 (``kernels.dist_contrastive_loss`` for DistCL and ProtoCL, ``kernels.bank_contrastive_loss`` for
-BankCL), called once on the whole map. Unlike those ops, whose names ``dist_contrastive_loss``
-and ``bank_contrastive_loss`` share, these take image-resolution labels; the names and
-signatures are the library's API since its first release and stay.
+BankCL), called once on the whole map. ``dist_contrastive_loss`` and ``bank_contrastive_loss``
+share their names with those ops and take the ops' labels too: labels at feature resolution
+(a factor of 1) give the op's result bit for bit; they also take finer ones, at image resolution,
+and bring them to the grid. The names and signatures are the library's API since its first
+release and stay.
 """
 from __future__ import annotations
 

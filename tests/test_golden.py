@@ -1,5 +1,5 @@
-"""Golden vectors: the public SePiCo implementation's own outputs (tests/data/*.npz, see
-the design notes' golden/README.md for how they were made) against sepico.losses and sepico.estimator.
+"""Golden vectors: the public SePiCo implementation's own outputs (tests/data/*.npz; each file's
+meta_json names its source functions and commit) against sepico.losses and sepico.estimator.
 
 Loss files hold feat [N, D] and labels [N]; the reference was called with feat.T.reshape(1, D, 1, N)
 and labels.reshape(1, 1, 1, N), so label downscaling is the identity (factor 1). `*_f64` results

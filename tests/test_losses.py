@@ -245,6 +245,20 @@ def test_functions_are_the_feature_labels_and_the_kernel_op(mode):
     assert torch.equal(got, want) and torch.equal(x.grad, y.grad)
 
 
+def test_functions_take_the_kernel_ops_labels_too():
+    """Labels already at feature resolution (a factor of 1, the identity) give the kernels op of
+    the same name, bit for bit: the map-level names take the ops' labels and finer ones."""
+    from sepico.labels import labels_at_feature_resolution
+
+    feat, label, mean, cov, bank = make_inputs(4, seed=13)
+    small = labels_at_feature_resolution(label, feat.shape[-2:], num_classes=C)[:, 0]
+    for pool in (True, False):
+        got = losses.dist_contrastive_loss(feat, small, mean, cov, num_classes=C, use_avg_pool=pool,
+                                           temperature=0.5)
+        want = kernels.dist_contrastive_loss(feat, small, mean, cov, temperature=0.5)
+        assert torch.equal(got, want)
+
+
 def test_module_matches_functions():
     feat, label, mean, cov, bank = make_inputs(4, seed=10)
     opts = dict(num_classes=C, temperature=0.5, reg_weight=1.0, use_avg_pool=False)
