@@ -10,9 +10,10 @@ the contrastive loss of one variant, behind three calls.
 `labels` brings image-resolution labels to the feature grid once (majority vote or nearest
 neighbour) and checks their range once; the estimator update and every loss of the step then read
 the same [B, h, w] tensor as a ``kernels.CheckedLabels``, so the kernels' range check does not
-run (nor sync) again for it. `update` scales the new statistics once (``kernels.ScaledStatistics``:
-mean / tau, covariance / (2 tau^2)), and every loss until the next update takes them as they are. Embeddings go in as the [B, D, h, w] maps the projection
-head emits: one kernel launch per call, no [N, D] copy, the gradient in the map's own layout.
+run (nor sync) again for it. `update` scales the new statistics once
+(``kernels.ScaledStatistics``: mean / tau, covariance / (2 tau^2)), and every loss until the next
+update takes them as they are. Embeddings go in as the [B, D, h, w] maps the projection head
+emits: one kernel launch per call, no [N, D] copy, the gradient in the map's own layout.
 """
 from __future__ import annotations
 

@@ -83,6 +83,22 @@ def test_update_matches_reference(backend, n, d, c, kind, dtype, ignore):
     assert torch.equal(out[1][absent], mean[absent]) and torch.equal(out[2][absent], cov[absent])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_update_takes_two_passes_where_one_about_the_running_means_would_not_do(backend):
+    """Why update_class_distribution is not the estimator's one pass (class_moments shifted by the
+    running means, then merge_class_moments): about a running mean far from the batch's, here 0
+    for a class never seen, that covariance is E[z^2] - m^2 and cancels; the two passes, sums
+    then moments about the batch means, do not."""
+    gen, feats, labels = _inputs(4099, 256, 1, torch.float32, 0.0, seed=1)
+    count, mean, cov = torch.zeros(1), torch.zeros(1, 256), torch.zeros(1, 256)
+    with kernels.backend(backend):
+        two = kernels.update_class_distribution(count, mean, cov, feats, labels)
+        one = kernels.merge_class_moments(count, mean, cov, *kernels.class_moments(feats, labels, 1, shift=mean),
+                                          shift=mean)
+    ref = update_class_distribution_reference(count.double(), mean.double(), cov.double(), feats.double(), labels)
+    assert rel_error(two[2], ref[2]) < 2e-6 and rel_error(one[2], ref[2]) > 20 * rel_error(two[2], ref[2])
+
+
 @pytest.mark.parametrize("backend,kind", [("torch", "diag"), ("torch", "full"), ("triton", "diag"),
                                           pytest.param("triton", "full", marks=pytest.mark.system)])
 def test_moments_and_update_are_bit_reproducible(backend, kind):
