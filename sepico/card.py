@@ -179,17 +179,17 @@ def weights_record(cfg, run_dir=None, pretrained: dict | None = None) -> dict:
     """The initial weights: ``model.pretrained`` with the provenance the run recorded
     (``run_dir/pretrained.json``: the weights it started from; else ``pretrained``), and
     ``model.init_checkpoint`` with its SHA-256."""
-    m = cfg.model
+    model_cfg = cfg.model
     recorded = Path(run_dir) / "pretrained.json" if run_dir else None
-    if not m.pretrained:
+    if not model_cfg.pretrained:
         source = "not set (the encoder starts from random weights)"
     elif recorded is not None and recorded.is_file():
         source = _read_json(recorded)
     else:
-        source = pretrained or {"source": m.pretrained}
-    start = "not set" if not m.init_checkpoint else {
-        "file": str(m.init_checkpoint), "sha256": file_sha256(m.init_checkpoint),
-        "bytes": Path(m.init_checkpoint).stat().st_size}
+        source = pretrained or {"source": model_cfg.pretrained}
+    start = "not set" if not model_cfg.init_checkpoint else {
+        "file": str(model_cfg.init_checkpoint), "sha256": file_sha256(model_cfg.init_checkpoint),
+        "bytes": Path(model_cfg.init_checkpoint).stat().st_size}
     return {"model.pretrained": source, "model.init_checkpoint": start}
 
 

@@ -284,61 +284,61 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config field '{key}' must be in {lo}{low:g}, {high:g}{hi}, got {value!r}")
 
     _check_finite(cfg)
-    m, t, o = cfg.method, cfg.train, cfg.optim
-    choice("method.variant", m.variant, VARIANTS)
-    choice("method.covariance", m.covariance, COVARIANCES)
-    choice("method.pseudo_weight", m.pseudo_weight, PSEUDO_WEIGHTS)
-    choice("method.ratio_schedule", m.ratio_schedule, RATIO_SCHEDULES)
-    choice("method.teacher_statistics", m.teacher_statistics, TEACHER_STATISTICS)
-    choice("method.target_pass", m.target_pass, TARGET_PASSES)
-    choice("method.mix_classes", m.mix_classes, MIX_CLASSES)
-    choice("method.ce_reduction", m.ce_reduction, CE_REDUCTIONS)
-    choice("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE)
-    if m.pseudo_crop and (cfg.data.target == "synthetic" or 0 in tuple(cfg.data.crop_size)):
+    method_cfg, train_cfg, optim_cfg = cfg.method, cfg.train, cfg.optim
+    choice("method.variant", method_cfg.variant, VARIANTS)
+    choice("method.covariance", method_cfg.covariance, COVARIANCES)
+    choice("method.pseudo_weight", method_cfg.pseudo_weight, PSEUDO_WEIGHTS)
+    choice("method.ratio_schedule", method_cfg.ratio_schedule, RATIO_SCHEDULES)
+    choice("method.teacher_statistics", method_cfg.teacher_statistics, TEACHER_STATISTICS)
+    choice("method.target_pass", method_cfg.target_pass, TARGET_PASSES)
+    choice("method.mix_classes", method_cfg.mix_classes, MIX_CLASSES)
+    choice("method.ce_reduction", method_cfg.ce_reduction, CE_REDUCTIONS)
+    choice("train.on_nonfinite", train_cfg.on_nonfinite, ON_NONFINITE)
+    if method_cfg.pseudo_crop and (cfg.data.target == "synthetic" or 0 in tuple(cfg.data.crop_size)):
         raise ConfigError("config field 'method.pseudo_crop' needs a real target dataset and "
                           "data.crop_size (the crop cut from each whole target image)")
-    if m.day_night and cfg.data.target not in DAY_NIGHT_TARGETS:
+    if method_cfg.day_night and cfg.data.target not in DAY_NIGHT_TARGETS:
         raise ConfigError(f"config field 'method.day_night' needs a target whose images have daytime "
                           f"counterparts ({', '.join(DAY_NIGHT_TARGETS)}), got data.target = {cfg.data.target!r}")
-    if not 0.0 <= m.day_ratio <= 1.0:
-        raise ConfigError(f"config field 'method.day_ratio' must be in [0, 1], got {m.day_ratio!r}")
-    positive("method.class_prior", m.class_prior, zero_ok=True)
+    if not 0.0 <= method_cfg.day_ratio <= 1.0:
+        raise ConfigError(f"config field 'method.day_ratio' must be in [0, 1], got {method_cfg.day_ratio!r}")
+    positive("method.class_prior", method_cfg.class_prior, zero_ok=True)
     positive("data.dark_zurich_test_prior", cfg.data.dark_zurich_test_prior, zero_ok=True)
-    if m.class_prior and cfg.model.num_classes != 19:
+    if method_cfg.class_prior and cfg.model.num_classes != 19:
         raise ConfigError("config field 'method.class_prior' weighs the 19 Cityscapes classes (Dark Zurich "
                           f"frequencies); model.num_classes is {cfg.model.num_classes}")
-    positive("method.temperature", m.temperature)
-    positive("method.memory_length", m.memory_length, zero_ok=m.variant != "bank")
-    if m.momentum is not None and not 0.0 < m.momentum < 1.0:
-        raise ConfigError(f"config field 'method.momentum' must be none or in (0, 1), got {m.momentum!r}")
-    if not 0.0 <= m.ema_alpha < 1.0:
-        raise ConfigError(f"config field 'method.ema_alpha' must be in [0, 1), got {m.ema_alpha!r}")
-    positive("train.max_iters", t.max_iters)
-    positive("train.batch_size", t.batch_size)
-    positive("train.global_batch_size", t.global_batch_size, zero_ok=True)
-    positive("train.log_interval", t.log_interval)
-    positive("train.checkpoint_interval", t.checkpoint_interval)
-    positive("train.keep_checkpoints", t.keep_checkpoints)
-    positive("train.eval_interval", t.eval_interval, zero_ok=True)
-    positive("optim.lr", o.lr)
-    positive("optim.head_lr_mult", o.head_lr_mult)
-    positive("optim.weight_decay", o.weight_decay, zero_ok=True)
-    positive("optim.warmup_iters", o.warmup_iters, zero_ok=True)
-    within("optim.warmup_ratio", o.warmup_ratio, 0.0, 1.0)
-    positive("optim.power", o.power, zero_ok=True)
-    if len(o.betas) != 2:
-        raise ConfigError(f"config field 'optim.betas' must have two values, got {o.betas!r}")
-    for beta in o.betas:
+    positive("method.temperature", method_cfg.temperature)
+    positive("method.memory_length", method_cfg.memory_length, zero_ok=method_cfg.variant != "bank")
+    if method_cfg.momentum is not None and not 0.0 < method_cfg.momentum < 1.0:
+        raise ConfigError(f"config field 'method.momentum' must be none or in (0, 1), got {method_cfg.momentum!r}")
+    if not 0.0 <= method_cfg.ema_alpha < 1.0:
+        raise ConfigError(f"config field 'method.ema_alpha' must be in [0, 1), got {method_cfg.ema_alpha!r}")
+    positive("train.max_iters", train_cfg.max_iters)
+    positive("train.batch_size", train_cfg.batch_size)
+    positive("train.global_batch_size", train_cfg.global_batch_size, zero_ok=True)
+    positive("train.log_interval", train_cfg.log_interval)
+    positive("train.checkpoint_interval", train_cfg.checkpoint_interval)
+    positive("train.keep_checkpoints", train_cfg.keep_checkpoints)
+    positive("train.eval_interval", train_cfg.eval_interval, zero_ok=True)
+    positive("optim.lr", optim_cfg.lr)
+    positive("optim.head_lr_mult", optim_cfg.head_lr_mult)
+    positive("optim.weight_decay", optim_cfg.weight_decay, zero_ok=True)
+    positive("optim.warmup_iters", optim_cfg.warmup_iters, zero_ok=True)
+    within("optim.warmup_ratio", optim_cfg.warmup_ratio, 0.0, 1.0)
+    positive("optim.power", optim_cfg.power, zero_ok=True)
+    if len(optim_cfg.betas) != 2:
+        raise ConfigError(f"config field 'optim.betas' must have two values, got {optim_cfg.betas!r}")
+    for beta in optim_cfg.betas:
         within("optim.betas", beta, 0.0, 1.0, high_open=True)
-    positive("method.ratio", m.ratio, zero_ok=True)
-    positive("method.reg_weight", m.reg_weight, zero_ok=True)
-    positive("method.contrast_weight", m.contrast_weight, zero_ok=True)
-    positive("method.start_distribution_iter", m.start_distribution_iter, zero_ok=True)
-    positive("method.start_self_training_iter", m.start_self_training_iter, zero_ok=True)
-    positive("method.ignore_top", m.ignore_top, zero_ok=True)
-    positive("method.ignore_bottom", m.ignore_bottom, zero_ok=True)
+    positive("method.ratio", method_cfg.ratio, zero_ok=True)
+    positive("method.reg_weight", method_cfg.reg_weight, zero_ok=True)
+    positive("method.contrast_weight", method_cfg.contrast_weight, zero_ok=True)
+    positive("method.start_distribution_iter", method_cfg.start_distribution_iter, zero_ok=True)
+    positive("method.start_self_training_iter", method_cfg.start_self_training_iter, zero_ok=True)
+    positive("method.ignore_top", method_cfg.ignore_top, zero_ok=True)
+    positive("method.ignore_bottom", method_cfg.ignore_bottom, zero_ok=True)
     for key in ("pseudo_threshold", "scale_min_ratio", "color_jitter_strength", "color_jitter_p", "blur_p"):
-        within(f"method.{key}", getattr(m, key), 0.0, 1.0)
+        within(f"method.{key}", getattr(method_cfg, key), 0.0, 1.0)
     if len(cfg.data.size) != 2 or any(not isinstance(v, int) or v < 1 for v in cfg.data.size):
         raise ConfigError(f"config field 'data.size' must be (H, W) of integers > 0, got {cfg.data.size!r}")
     _check_name(cfg.name)

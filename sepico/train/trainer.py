@@ -214,9 +214,10 @@ class Trainer:
             raise ConfigError(f"config field 'model.init_checkpoint': {path} holds no model weights")
         problems = weight_problems(self.model.state_dict(), state["model"])
         if problems:
-            m = self.cfg.model
-            raise ConfigError(f"config field 'model.init_checkpoint': {path} does not match model {m.name} "
-                              f"(num_classes {m.num_classes}, proj_dim {m.proj_dim}): {problems}")
+            model_cfg = self.cfg.model
+            raise ConfigError(f"config field 'model.init_checkpoint': {path} does not match model "
+                              f"{model_cfg.name} (num_classes {model_cfg.num_classes}, proj_dim "
+                              f"{model_cfg.proj_dim}): {problems}")
         self.model.load_state_dict(state["model"])
         if self.rank == 0:
             print(f"model.init_checkpoint: starting from the {state.get('weights', 'student')} weights in {path}; "
