@@ -102,10 +102,10 @@ class SePiCo:
         self._statistics = None if self.variant == "bank" else kernels.scaled_statistics(
             est.mean, est.cov if self.variant == "dist" else None, temperature=self._temperature)
 
-    def update(self, feats: torch.Tensor, labels: torch.Tensor, *, group=None) -> None:
+    def update(self, emb: torch.Tensor, labels: torch.Tensor, *, group=None) -> None:
         """Merge embeddings [B, D, h, w] with their ``labels`` [B, h, w] into the estimator, and
         scale its statistics once for every loss until the next update."""
-        self.estimator.update(feats, labels, ignore_index=self.ignore_index, group=group)
+        self.estimator.update(emb, labels, ignore_index=self.ignore_index, group=group)
         self._rescale()
 
     def ratio(self, iteration: int) -> float:
@@ -114,18 +114,18 @@ class SePiCo:
             return self._ratio * (iteration / self._max_iters)
         return self._ratio
 
-    def loss(self, feats: torch.Tensor, labels: torch.Tensor, iteration: int = 0) -> torch.Tensor:
+    def loss(self, emb: torch.Tensor, labels: torch.Tensor, iteration: int = 0) -> torch.Tensor:
         """contrast_weight x the variant's loss of embeddings [B, D, h, w] with feature-grid
         ``labels`` [B, h, w] (``labels``), against the current statistics."""
         if self.variant == "bank":
             est = self.estimator
-            loss = kernels.bank_contrastive_loss(feats, labels, est.memory_bank, mean=est.mean,
+            loss = kernels.bank_contrastive_loss(emb, labels, est.memory_bank, mean=est.mean,
                                                  temperature=self._temperature, **self._loss_options)
         else:  # the statistics scaled at the last update (ProtoCL's without the covariance)
             if self._scaled_from is not self.estimator.mean:
                 raise RuntimeError("the estimator was updated outside SePiCo.update / load_state_dict: "
                                    "its statistics were not scaled for the loss")
-            loss = kernels.dist_contrastive_loss(feats, labels, self._statistics,
+            loss = kernels.dist_contrastive_loss(emb, labels, self._statistics,
                                                  ratio=self.ratio(iteration), **self._loss_options)
         return self._contrast_weight * loss
 
