@@ -25,6 +25,12 @@ class Covariance(str, enum.Enum):
     DIAG = "diag"
     FULL = "full"
 
+    def __str__(self) -> str:  # "diag", as a config spells it, in messages and names
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
     @classmethod
     def of(cls, cov) -> "Covariance":
         """The kind of a covariance tensor: None, [C, D] or [C, D, D]."""
@@ -115,8 +121,10 @@ class CheckedLabels:
     version: int | None  # None for an inference tensor, which keeps no version counter
 
 
-def _version(t: torch.Tensor) -> int | None:
-    return None if t.is_inference() else t._version
+def tensor_version(t: torch.Tensor | None) -> int | None:
+    """``t``'s version counter (in-place writes bump it); None for None or an inference tensor,
+    which keeps no counter."""
+    return None if t is None or t.is_inference() else t._version
 
 
 def checked_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 255, *,
@@ -129,7 +137,7 @@ def checked_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 2
     _check_ignore_index(ignore_index)
     if not in_range:
         check_label_range(labels, num_classes, ignore_index)
-    return CheckedLabels(labels, num_classes, ignore_index, _version(labels))
+    return CheckedLabels(labels, num_classes, ignore_index, tensor_version(labels))
 
 
 def label_tensor(labels):
@@ -146,7 +154,7 @@ def check_label_range(labels, num_classes: int, ignore_index: int) -> None:
             raise ValueError(f"labels were checked for num_classes={labels.num_classes}, ignore_index="
                              f"{labels.ignore_index}; this op has num_classes={num_classes}, "
                              f"ignore_index={ignore_index}")
-        if _version(labels.tensor) != labels.version:
+        if tensor_version(labels.tensor) != labels.version:
             raise ValueError("labels were written in place after kernels.checked_labels checked them; "
                              "check them again")
         return

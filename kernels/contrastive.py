@@ -33,7 +33,7 @@ import triton.language as tl
 from ._pixel_loss import PixelLossParams, check_loss_options, pixel_loss
 from ._backend import interpreter_tiles, resolve_backend
 from ._checks import (check_dim, check_feats, check_label_range, check_labels, check_pixel_values,
-                      check_same_device, check_stats, Covariance, label_tensor)
+                      check_same_device, check_stats, Covariance, label_tensor, tensor_version)
 from ._launch import gradient_buffer, Launch, poisoned_empty
 from ._layout import image_rows, pixel_layout, pixel_map
 
@@ -374,10 +374,6 @@ class ScaledStatistics:
     versions: tuple                   # of mean and cov (None: an inference tensor, or no cov)
 
 
-def _versions(*tensors) -> tuple:
-    return tuple(None if t is None or t.is_inference() else t._version for t in tensors)
-
-
 def _scale(mean, cov, temperature, acc):
     """M = mean / tau and A = cov / (2 tau^2) (symmetrised when full) in ``acc``: O(C D^2)."""
     m = (mean.to(acc) / temperature).contiguous()
@@ -412,7 +408,7 @@ def scaled_statistics(mean, cov=None, *, temperature=100.0) -> ScaledStatistics:
     acc = torch.promote_types(torch.float32, mean.dtype)
     m, a = _scale(mean, cov, temperature, acc)
     return ScaledStatistics(mean.detach(), None if cov is None else cov.detach(), m, a,
-                            float(temperature), _versions(mean, cov))
+                            float(temperature), (tensor_version(mean), tensor_version(cov)))
 
 
 @torch.compiler.disable  # a graph break under torch.compile (kernels/__init__.py)
@@ -461,7 +457,7 @@ def dist_contrastive_loss(feats, labels, mean, cov=None, *, ratio=1.0, temperatu
         if temperature is not None and temperature != stats.temperature:
             raise ValueError(f"temperature={temperature!r}, but the statistics were scaled for "
                              f"temperature={stats.temperature!r}")
-        if _versions(stats.mean, stats.cov) != stats.versions:
+        if (tensor_version(stats.mean), tensor_version(stats.cov)) != stats.versions:
             raise ValueError("mean or cov were written in place after kernels.scaled_statistics "
                              "scaled them; scale them again")
         temperature = stats.temperature

@@ -126,7 +126,7 @@ class ClassDistributionEstimator:
 
     def __repr__(self) -> str:
         return (f"ClassDistributionEstimator(num_classes={self.num_classes}, dim={self.dim}, "
-                f"covariance={self.covariance!r}, memory_length={self.memory_length}, "
+                f"covariance={self.covariance.value!r}, memory_length={self.memory_length}, "
                 f"momentum={self._momentum}, "
                 f"device={self.device}, dtype={self.dtype})")
 

@@ -239,6 +239,10 @@ def test_from_reference_checkpoint(tmp_path, covariance):
         ClassDistributionEstimator.from_reference_checkpoint(path)
 
 
+def test_repr_names_the_covariance_as_a_config_does():
+    assert "covariance='full'," in repr(ClassDistributionEstimator(C, D, covariance="full"))
+
+
 def test_errors():
     with pytest.raises(ValueError, match="covariance must be one of 'diag', 'full', got 'diagonal'"):
         ClassDistributionEstimator(C, D, covariance="diagonal")

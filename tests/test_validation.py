@@ -118,6 +118,7 @@ def test_covariance_kind_is_one_enum():
     and a tensor tells its kind; an op or estimator refuses a kind it does not keep."""
     Cov = kernels.Covariance
     assert [k.value for k in Cov] == ["none", "diag", "full"] and Cov.DIAG == "diag"
+    assert (str(Cov.FULL), f"{Cov.FULL}", f"{Cov.FULL:>5}") == ("full", "full", " full")
     assert kernels.covariance_kind("full") is Cov.FULL and kernels.covariance_kind(Cov.NONE) is Cov.NONE
     assert [Cov.of(t) for t in (None, torch.zeros(C, D), torch.zeros(C, D, D))] == [Cov.NONE, Cov.DIAG, Cov.FULL]
     with pytest.raises(ValueError, match=r"covariance must be one of 'none', 'diag', 'full', got \[1\]"):
